@@ -1,0 +1,223 @@
+"""Search callbacks: TensorBoard logging of every episode, figures, CSV, checkpoints.
+
+TensorBoard tags written here (step = episode number, SB3's own ``train/*`` and ``rollout/*``
+losses use timesteps):
+
+* ``episode/reward``, ``episode/accuracy``, ``episode/latency_ms``, ``episode/latency_ratio``,
+  ``episode/macs_ratio``, ``episode/params_ratio``, ``episode/best_reward``, ``episode/seconds``;
+* ``strategy/<unit name>``: the pruning ratio each unit got in each episode;
+* ``best/strategy`` (figure: ratio per unit with its latency share), ``best/strategy_table``
+  (text), ``policy/heatmap`` (figure: ratio per unit over episodes), and the HParams tab.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat  # noqa: E402
+
+CSV_FIELDS = (
+    "episode",
+    "model",
+    "reward",
+    "accuracy",
+    "latency_ms",
+    "latency_ratio",
+    "macs_ratio",
+    "params_ratio",
+    "best_reward",
+    "cached",
+    "seconds",
+)
+
+
+def strategy_table(best: dict[str, Any]) -> str:
+    """The best strategy as a Markdown table (unit, pruning ratio, kept channels, latency share)."""
+    shares = best.get("latency_shares", {})
+    kept = best.get("kept_channels", {})
+    rows = ["| unit | pruning_ratio | kept_channels | latency_share |", "|---|---|---|---|"]
+    for name, ratio in best["strategy"].items():
+        rows.append(f"| {name} | {ratio:.3f} | {kept.get(name, '')} | {shares.get(name, 0):.3f} |")
+    return "\n".join(rows)
+
+
+def strategy_figure(best: dict[str, Any]) -> plt.Figure:
+    """Bar chart of the best strategy: pruning ratio per unit, with each unit's latency share."""
+    names = list(best["strategy"])
+    ratios = [best["strategy"][n] for n in names]
+    shares = [best.get("latency_shares", {}).get(n, 0.0) for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    ax.bar(x - 0.2, ratios, 0.4, label="pruning ratio")
+    ax.bar(x + 0.2, shares, 0.4, label="latency share (original)")
+    ax.set_xticks(x, names, rotation=75, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_title(
+        f"best strategy: episode {best['episode']}, acc {best['accuracy']:.3f}, "
+        f"latency x{best['latency_ratio']:.2f}, MACs x{best['macs_ratio']:.2f}"
+    )
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(names: list[str], history: list[list[float]]) -> plt.Figure:
+    """Heat map of pruning ratios: one row per unit, one column per episode."""
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.25 * len(names))))
+    image = ax.imshow(
+        np.array(history).T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+    )
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_xlabel("episode")
+    ax.set_title("pruning ratio per unit over episodes")
+    fig.colorbar(image, ax=ax, label="pruning ratio")
+    fig.tight_layout()
+    return fig
+
+
+class SearchCallback(BaseCallback):
+    """Logs every finished episode and keeps the run directory resumable.
+
+    Writes into ``run_dir``: ``episodes.csv`` (one row per episode), ``best_strategy.json`` (on
+    every new best), ``agent.zip`` + ``replay_buffer.pkl`` + ``search_state.json`` every
+    ``checkpoint_every`` episodes and at the end of training.
+
+    Args:
+        run_dir: output directory of the run.
+        hparams: hyperparameters for TensorBoard's HParams tab.
+        checkpoint_every: episodes between checkpoints of the agent and its replay buffer.
+        figure_every: episodes between heat-map figures.
+        state: the ``search_state.json`` of a resumed run (episode count, best result).
+        extra_best: extra fields written into ``best_strategy.json`` (e.g. target, cost).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        hparams: dict[str, Any] | None = None,
+        checkpoint_every: int = 25,
+        figure_every: int = 50,
+        state: dict[str, Any] | None = None,
+        extra_best: dict[str, Any] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        self.run_dir = Path(run_dir)
+        self.hparams = hparams or {}
+        self.checkpoint_every = checkpoint_every
+        self.figure_every = figure_every
+        self.extra_best = extra_best or {}
+        state = state or {}
+        self.episode: int = state.get("episode", 0)
+        self.best: dict[str, Any] | None = state.get("best")
+        self.history: dict[str, list[list[float]]] = {}
+        self.unit_names: dict[str, list[str]] = {}
+        self.writer = None
+        self._episode_start = time.perf_counter()
+
+    @property
+    def best_reward(self) -> float:
+        return float("-inf") if self.best is None else float(self.best["reward"])
+
+    def _on_training_start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for fmt in self.logger.output_formats:
+            if isinstance(fmt, TensorBoardOutputFormat):
+                self.writer = fmt.writer
+        if self.hparams and self.episode == 0:
+            hp = {
+                k: (str(v) if isinstance(v, list | tuple | dict) else v)
+                for k, v in self.hparams.items()
+            }
+            metrics = {"episode/best_reward": 0.0, "episode/reward": 0.0}
+            self.logger.record(
+                "hparams", HParam(hp, metrics), exclude=("stdout", "log", "json", "csv")
+            )
+        csv_path = self.run_dir / "episodes.csv"
+        if not csv_path.exists():
+            with csv_path.open("w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and info.get("accuracy") is not None:
+                self._on_episode_end(info)
+        return True
+
+    def _on_episode_end(self, info: dict[str, Any]) -> None:
+        self.episode += 1
+        seconds = time.perf_counter() - self._episode_start
+        self._episode_start = time.perf_counter()
+        model = info.get("model", "model")
+        if info["reward"] > self.best_reward:
+            self.best = {
+                "episode": self.episode,
+                "model": model,
+                **{k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")},
+                **{k: info[k] for k in ("macs_ratio", "params_ratio", "strategy", "kept_channels")},
+                "latency_shares": info.get("latency_shares", {}),
+                **self.extra_best,
+            }
+            self._write_json("best_strategy.json", self.best)
+            self._log_best()
+        scalars = {k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")}
+        scalars |= {k: info[k] for k in ("macs_ratio", "params_ratio")}
+        scalars |= {"best_reward": self.best_reward, "seconds": seconds}
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"episode/{key}", value, self.episode)
+            for unit, ratio in info["strategy"].items():
+                self.writer.add_scalar(f"strategy/{unit}", ratio, self.episode)
+        with (self.run_dir / "episodes.csv").open("a", newline="") as f:
+            row = {**scalars, "episode": self.episode, "model": model, "cached": info["cached"]}
+            csv.writer(f).writerow([row[k] for k in CSV_FIELDS])
+        self.unit_names[model] = list(info["strategy"])
+        self.history.setdefault(model, []).append(list(info["strategy"].values()))
+        if self.episode % self.figure_every == 0:
+            self._log_heatmaps()
+        if self.episode % self.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _log_best(self) -> None:
+        if self.writer is None or self.best is None:
+            return
+        self.writer.add_text("best/strategy_table", strategy_table(self.best), self.episode)
+        self.writer.add_figure(
+            "best/strategy", strategy_figure(self.best), self.episode, close=True
+        )
+
+    def _log_heatmaps(self) -> None:
+        if self.writer is None:
+            return
+        for model, history in self.history.items():
+            tag = "policy/heatmap" if len(self.history) == 1 else f"policy/heatmap_{model}"
+            fig = heatmap_figure(self.unit_names[model], history)
+            self.writer.add_figure(tag, fig, self.episode, close=True)
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.run_dir / name)
+
+    def save_checkpoint(self) -> None:
+        """Save agent, replay buffer and search state (episode count, best) into the run dir."""
+        self.model.save(self.run_dir / "agent.zip")
+        self.model.save_replay_buffer(self.run_dir / "replay_buffer.pkl")
+        self._write_json("search_state.json", {"episode": self.episode, "best": self.best})
+
+    def _on_training_end(self) -> None:
+        self._log_heatmaps()
+        self.save_checkpoint()
+        if self.writer is not None:
+            self.writer.flush()

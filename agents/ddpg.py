@@ -1,0 +1,232 @@
+"""Stable-Baselines3 DDPG with AMC's defaults (He et al., ECCV 2018).
+
+What AMC does that plain SB3 DDPG does not, and how it is added here:
+
+* **Episode reward on every transition.** The reward arrives only at the end of an episode. AMC
+  stores every transition of the episode with the final reward, marked terminal, so the critic
+  regresses each (state, action) on the episode's outcome; a moving-average baseline
+  (alpha 0.5) is subtracted from sampled rewards. :class:`EpisodeRewardBuffer` holds the
+  episode's transitions and writes them to the replay buffer once the episode ends.
+* **Truncated-normal exploration** around the actor's output, its sigma decaying per episode after
+  the warm-up (:class:`DecayingTruncatedNormalNoise`, used by :meth:`AMCDDPG._sample_action`).
+* **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
+* **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from scipy.stats import truncnorm
+from stable_baselines3 import DDPG
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import update_learning_rate
+
+from models.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """DDPG hyperparameters; the defaults are AMC's.
+
+    Attributes:
+        hidden: widths of the hidden layers of actor and critic.
+        actor_lr: actor learning rate.
+        critic_lr: critic learning rate.
+        tau: soft target-update rate.
+        batch_size: transitions per gradient step.
+        buffer_episodes: replay buffer size in episodes (x number of units = transitions).
+        warmup_episodes: episodes of uniform random actions before learning starts.
+        noise_sigma: exploration sigma at the end of the warm-up, in ratio units (action range 1).
+        noise_decay: sigma multiplier per episode after the warm-up.
+        gamma: discount (irrelevant with ``episode_reward``: every transition is terminal).
+        episode_reward: credit the final reward to every transition of the episode (AMC).
+        baseline_alpha: rate of the moving-average reward baseline subtracted at sampling (AMC).
+        seed: random seed of the agent.
+        device: device of the actor and critic networks (the pruned CNN has its own).
+    """
+
+    hidden: tuple[int, ...] = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    tau: float = 0.01
+    batch_size: int = 64
+    buffer_episodes: int = 100
+    warmup_episodes: int = 100
+    noise_sigma: float = 0.5
+    noise_decay: float = 0.95
+    gamma: float = 1.0
+    episode_reward: bool = True
+    baseline_alpha: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+
+
+class EpisodeRewardBuffer(ReplayBuffer):
+    """Replay buffer that credits an episode's final reward to all of its transitions (AMC).
+
+    Transitions are held until the episode ends (single environment), then written with the final
+    reward and ``done=True``. :meth:`sample` subtracts a moving average of sampled rewards (AMC's
+    baseline) from the rewards it returns.
+    """
+
+    def __init__(self, *args: Any, baseline_alpha: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.n_envs != 1:
+            raise ValueError("EpisodeRewardBuffer supports a single environment")
+        self.baseline_alpha = baseline_alpha
+        self.baseline: float | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        self._pending.append((np.array(obs), np.array(next_obs), np.array(action), infos))
+        if not bool(np.asarray(done).reshape(-1)[0]):
+            return
+        final = np.asarray(reward, dtype=np.float32).reshape(1)
+        for o, next_o, a, info in self._pending:
+            super().add(o, next_o, a, final, np.ones(1, dtype=np.float32), info)
+        self._pending = []
+
+    def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
+        samples = super().sample(batch_size, env)
+        batch_mean = float(samples.rewards.mean())
+        if self.baseline is None:
+            self.baseline = batch_mean
+        else:
+            self.baseline += self.baseline_alpha * (batch_mean - self.baseline)
+        return samples._replace(rewards=samples.rewards - self.baseline)
+
+
+class DecayingTruncatedNormalNoise(ActionNoise):
+    """AMC's exploration: truncated normal around the actor output, sigma decaying per episode.
+
+    ``sigma_t = sigma * decay ** max(0, episode - warmup_episodes)``; sigma is given in ratio units
+    (AMC's action range is 1) and doubled for SB3's [-1, 1] actions.
+    """
+
+    def __init__(
+        self, sigma: float, decay: float, warmup_episodes: int, seed: int | None = None
+    ) -> None:
+        super().__init__()
+        self.sigma, self.decay, self.warmup_episodes = sigma, decay, warmup_episodes
+        self.episode = 0
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def current_sigma(self) -> float:
+        """Sigma of the current episode, in [-1, 1] action units."""
+        return 2.0 * self.sigma * self.decay ** max(0, self.episode - self.warmup_episodes)
+
+    def sample_around(self, mean: np.ndarray) -> np.ndarray:
+        """A sample of the truncated normal on [-1, 1] centred at ``mean``."""
+        sigma = max(self.current_sigma, 1e-6)
+        mean = np.clip(mean, -1.0, 1.0)
+        a, b = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
+        return truncnorm.rvs(a, b, loc=mean, scale=sigma, random_state=self.rng).astype(np.float32)
+
+    def __call__(self) -> np.ndarray:
+        return self.rng.normal(0.0, self.current_sigma, size=1).astype(np.float32)
+
+    def reset(self) -> None:
+        self.episode += 1
+
+
+class AMCDDPG(DDPG):
+    """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration."""
+
+    def __init__(self, *args: Any, actor_lr: float = 1e-4, critic_lr: float = 1e-3, **kwargs: Any):
+        self.actor_lr, self.critic_lr = actor_lr, critic_lr
+        super().__init__(*args, learning_rate=critic_lr, **kwargs)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        update_learning_rate(self.actor.optimizer, self.actor_lr)
+        update_learning_rate(self.critic.optimizer, self.critic_lr)
+        self.logger.record("train/actor_learning_rate", self.actor_lr)
+        self.logger.record("train/critic_learning_rate", self.critic_lr)
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.num_timesteps < learning_starts or not isinstance(
+            action_noise, DecayingTruncatedNormalNoise
+        ):
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        action, _ = self.predict(self._last_obs, deterministic=True)
+        scaled = self.policy.scale_action(action)
+        scaled = np.stack([action_noise.sample_around(row) for row in scaled])
+        return self.policy.unscale_action(scaled), scaled
+
+
+def make_agent(
+    env: gym.Env, config: AgentConfig = AgentConfig(), *, num_units: int, verbose: int = 0
+) -> AMCDDPG:
+    """A fresh DDPG agent with AMC's defaults for an env whose episodes have ``num_units`` steps."""
+    noise = DecayingTruncatedNormalNoise(
+        config.noise_sigma, config.noise_decay, config.warmup_episodes, seed=config.seed
+    )
+    buffer_kwargs: dict[str, Any] = {}
+    buffer_class: type[ReplayBuffer] = ReplayBuffer
+    if config.episode_reward:
+        buffer_class, buffer_kwargs = EpisodeRewardBuffer, {"baseline_alpha": config.baseline_alpha}
+    return AMCDDPG(
+        "MlpPolicy",
+        env,
+        actor_lr=config.actor_lr,
+        critic_lr=config.critic_lr,
+        buffer_size=max(config.buffer_episodes * num_units, config.batch_size),
+        learning_starts=config.warmup_episodes * num_units,
+        batch_size=config.batch_size,
+        tau=config.tau,
+        gamma=config.gamma,
+        train_freq=(1, "episode"),
+        gradient_steps=-1,
+        action_noise=noise,
+        replay_buffer_class=buffer_class,
+        replay_buffer_kwargs=buffer_kwargs,
+        policy_kwargs={"net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)}},
+        seed=config.seed,
+        device=config.device,
+        verbose=verbose,
+    )
+
+
+def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu") -> AMCDDPG:
+    """Load a saved agent, with a one-line :class:`CheckpointError` for bad or mismatched files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no agent file at {path}; pass the agent.zip of a finished run")
+    try:
+        agent = AMCDDPG.load(path, env=None, device=device)
+    except (zipfile.BadZipFile, KeyError, ValueError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable rlprune agent ({type(exc).__name__}); retrain it"
+        ) from None
+    if env is not None:
+        if agent.observation_space.shape != env.observation_space.shape:
+            raise CheckpointError(
+                f"{path} expects observations of shape {agent.observation_space.shape} but this "
+                f"rlprune env gives {env.observation_space.shape}; the agent was trained with an "
+                "incompatible version, retrain it"
+            )
+        agent.set_env(env)
+    return agent
+
+
+def agent_config_dict(config: AgentConfig) -> dict[str, Any]:
+    """Hyperparameters as a flat dict of scalars (for TensorBoard's HParams and config.json)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

@@ -1,0 +1,163 @@
+"""From a best strategy to a deliverable: pruned model, fine-tune, uniform baseline, report."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from envs.baselines import uniform_for_target
+from envs.latency import LatencyConfig, compare_latency
+from envs.pruning import count_cost, save_pruned
+from envs.pruning_env import ChannelPruningEnv
+from models.data import DataSplits
+from models.training import evaluate, fine_tune
+
+
+@dataclass
+class ModelRow:
+    """One line of the summary table."""
+
+    name: str
+    model: nn.Module
+    test_acc: float
+    test_acc_finetuned: float | None = None
+    latency_ms: float = float("nan")
+    latency_spread: float = float("nan")
+    speedup: float = float("nan")
+    macs: int = 0
+    params: int = 0
+
+
+def compare_with_uniform(
+    env: ChannelPruningEnv,
+    strategy: Mapping[str, float],
+    splits: DataSplits,
+    *,
+    fine_tune_epochs: int = 2,
+    fine_tune_lr: float = 0.01,
+    latency_passes: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[ModelRow]:
+    """The original, the agent's pruned model and uniform pruning at the same target, side by side.
+
+    Both pruned models are BN-recalibrated, evaluated on the test split, fine-tuned with the same
+    settings and evaluated again. All three latencies are measured in the same run, interleaved,
+    best of ``latency_passes`` passes (the machine may be noisy), so the speedups are comparable.
+
+    Returns:
+        Rows for ``original``, ``agent`` and ``uniform``; ``row.model`` holds the fine-tuned model.
+    """
+    device = env.device
+    uniform = uniform_for_target(env)
+    rows = [ModelRow("original", env.model, evaluate(env.model, splits.test, device))]
+    for name, strat in (("agent", strategy), ("uniform", uniform["strategy"])):
+        pruned = env.prune(strat)
+        row = ModelRow(name, pruned, evaluate(pruned, splits.test, device))
+        if fine_tune_epochs > 0:
+            fine_tune(
+                pruned,
+                splits.train,
+                fine_tune_epochs,
+                lr=fine_tune_lr,
+                device=device,
+                seed=seed,
+                progress=progress,
+            )
+            row.test_acc_finetuned = evaluate(pruned, splits.test, device)
+        rows.append(row)
+    measure_latency_rows(rows, env.input_shape, env.config.latency, device, latency_passes)
+    for row in rows:
+        row.macs, row.params = count_cost(row.model, env.example_input)
+    return rows
+
+
+def measure_latency_rows(
+    rows: list[ModelRow],
+    input_shape: tuple[int, ...],
+    config: LatencyConfig,
+    device: Any,
+    passes: int,
+) -> None:
+    """Fill latency and speedup (vs the first row) of every row, measured interleaved."""
+    cfg = LatencyConfig(
+        device=str(device),
+        batch_size=config.batch_size,
+        warmup=config.warmup,
+        repeats=max(config.repeats, 30),
+        threads=config.threads,
+    )
+    stats = compare_latency({r.name: r.model for r in rows}, input_shape, cfg, passes=passes)
+    for row in rows:
+        row.latency_ms = stats[row.name].median_ms
+        row.latency_spread = stats[row.name].spread
+        row.speedup = stats[rows[0].name].median_ms / row.latency_ms
+
+
+def summary_table(rows: list[ModelRow]) -> str:
+    """Markdown table of the rows (accuracies on the test split, latency, speedup, cost)."""
+    base = rows[0]
+    lines = [
+        "| model | test acc (BN-recal.) | test acc (fine-tuned) | latency ms (spread) | speedup "
+        "| MACs | params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ft = "-" if r.test_acc_finetuned is None else f"{r.test_acc_finetuned:.4f}"
+        lines.append(
+            f"| {r.name} | {r.test_acc:.4f} | {ft} | {r.latency_ms:.3f} ({r.latency_spread:.0%}) "
+            f"| {r.speedup:.2f}x | {r.macs / 1e6:.2f}M ({r.macs / base.macs:.0%}) "
+            f"| {r.params / 1e3:.1f}k ({r.params / base.params:.0%}) |"
+        )
+    return "\n".join(lines)
+
+
+def save_deliverables(
+    run_dir: str | Path,
+    rows: list[ModelRow],
+    strategy: Mapping[str, float],
+    recipe: Mapping[str, Any],
+) -> Path:
+    """Save the agent's fine-tuned pruned model (``pruned_model.pt`` + ``.json`` recipe)."""
+    path = Path(run_dir) / "pruned_model.pt"
+    agent_row = next(r for r in rows if r.name == "agent")
+    model = copy.deepcopy(agent_row.model).cpu()
+    save_pruned(model, path, {**recipe, "strategy": dict(strategy)})
+    return path
+
+
+def write_report(
+    run_dir: str | Path,
+    title: str,
+    settings: Mapping[str, Any],
+    rows: list[ModelRow],
+    best: Mapping[str, Any],
+    timings: Mapping[str, float],
+) -> Path:
+    """Write ``report.md``: settings, summary table, best strategy, time split."""
+    from agents.callbacks import strategy_table
+
+    lines = [f"# {title}", "", "## Settings", ""]
+    lines += [f"- {k}: `{v}`" for k, v in settings.items()]
+    lines += ["", "## Result (test split)", "", summary_table(rows), ""]
+    lines += [
+        "Latencies were measured in the same run, interleaved, best of several passes; the "
+        "spread is the inter-quartile range over the median.",
+        "",
+        f"## Best strategy (episode {best.get('episode', '-')}, reward-split accuracy "
+        f"{best['accuracy']:.4f}, latency ratio {best['latency_ratio']:.3f})",
+        "",
+        strategy_table(dict(best)),
+        "",
+        "## Wall time",
+        "",
+    ]
+    lines += [f"- {k}: {v:.1f} s" for k, v in timings.items()]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

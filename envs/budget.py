@@ -1,0 +1,90 @@
+"""AMC's action wall: clamp each unit's pruning ratio so that the target stays reachable.
+
+All functions are pure. A *cost model* is a function ``keep -> cost`` where ``keep[i]`` is the kept
+fraction (``1 - pruning_ratio``) of unit ``i``; it must not increase when any ``keep[i]`` decreases.
+The env builds one from :func:`envs.units.estimate_cost` on MACs or on per-layer latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from models.errors import BudgetError
+
+CostModel = Callable[[Sequence[float]], float]
+
+
+def min_pruning_ratio(
+    cost_model: CostModel,
+    decided: Sequence[float],
+    num_units: int,
+    target_cost: float,
+    max_ratio: float,
+    tol: float = 1e-4,
+) -> float:
+    """Smallest ratio for unit ``len(decided)`` that keeps ``target_cost`` reachable.
+
+    The units before it keep ``decided``; every later unit is assumed pruned at ``max_ratio`` (the
+    most they can still contribute). Found by bisection, since cost is monotone in each keep.
+
+    Args:
+        cost_model: estimated cost as a function of the kept fraction of every unit.
+        decided: kept fractions of the units already visited.
+        num_units: number of units of the model.
+        target_cost: cost the final model must not exceed (same unit as ``cost_model``).
+        max_ratio: largest pruning ratio any unit may take.
+        tol: bisection tolerance on the ratio.
+
+    Returns:
+        A ratio in ``[0, max_ratio]``. ``max_ratio`` when even that cannot reach the target (the
+        caller rejects such targets up front, see :func:`check_reachable`).
+    """
+    t = len(decided)
+    rest = [1.0 - max_ratio] * (num_units - t - 1)
+
+    def cost_at(ratio: float) -> float:
+        return cost_model([*decided, 1.0 - ratio, *rest])
+
+    if cost_at(0.0) <= target_cost:
+        return 0.0
+    if cost_at(max_ratio) > target_cost:
+        return max_ratio
+    lo, hi = 0.0, max_ratio
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if cost_at(mid) <= target_cost:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def clamp_ratio(
+    ratio: float,
+    cost_model: CostModel,
+    decided: Sequence[float],
+    num_units: int,
+    target_cost: float,
+    max_ratio: float,
+) -> float:
+    """The agent's ``ratio`` raised, if needed, to :func:`min_pruning_ratio` (AMC's action wall)."""
+    floor = min_pruning_ratio(cost_model, decided, num_units, target_cost, max_ratio)
+    return min(max(ratio, floor), max_ratio)
+
+
+def check_reachable(target: float, max_pruned_ratio: float, what: str) -> None:
+    """Reject a target ratio that is not in (0, 1) or below what maximal pruning reaches.
+
+    Args:
+        target: target cost as a fraction of the original.
+        max_pruned_ratio: cost ratio of the model with every unit pruned at the maximum ratio.
+        what: the cost's name for the message (``"latency"``, ``"MACs"``).
+    """
+    if not 0.0 < target < 1.0:
+        raise BudgetError(f"target {target} must be a fraction of the original {what} in (0, 1)")
+    if target < max_pruned_ratio:
+        raise BudgetError(
+            f"target {target:.3f} of the original {what} is unreachable: pruning every unit at the "
+            f"maximum ratio only reaches {max_pruned_ratio:.3f}; raise --target or --max-ratio"
+            + (" (or time a larger --latency-batch-size)" if what == "latency" else "")
+        )

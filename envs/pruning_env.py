@@ -1,0 +1,370 @@
+"""The Gymnasium env: an episode walks a network's prunable units, then prunes it for real."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from envs.budget import check_reachable, min_pruning_ratio
+from envs.features import NUM_FEATURES, unit_features
+from envs.latency import LatencyConfig, LatencyMeter, profile_layers
+from envs.pruning import Pruner, count_cost, recalibrate_bn
+from envs.rewards import get_reward
+from envs.units import estimate_cost
+from models.errors import PruningError, RlpruneError
+from models.training import evaluate
+
+#: Weight of the newest episode in the moving average of measured / estimated latency.
+_CALIBRATION_EMA = 0.2
+
+
+@dataclass(frozen=True)
+class PruningEnvConfig:
+    """Settings of :class:`ChannelPruningEnv`.
+
+    Attributes:
+        target: target cost as a fraction of the original model's (latency or MACs), in (0, 1).
+        cost: what the target constrains: ``"latency"`` (measured) or ``"macs"`` (AMC's proxy).
+        reward: reward name in :data:`envs.rewards.REWARDS`.
+        min_ratio: smallest pruning ratio an action maps to.
+        max_ratio: largest pruning ratio any unit may take (AMC keeps at least 20%: 0.8).
+        importance: channel importance criterion (``"l1"``, ``"l2"``).
+        round_to: keep channel counts multiples of this (None: any count).
+        bn_batches: training batches used to recalibrate BatchNorm statistics.
+        bn_batch_size: images per recalibration batch.
+        eval_batch_size: images per batch when evaluating the reward split.
+        latency: how latency is timed (device, batch size, repeats, threads).
+        calibrate: correct the per-layer latency estimate of the action wall with the measured
+            latency of every episode (exponential moving average of measured / estimated).
+    """
+
+    target: float = 0.5
+    cost: str = "latency"
+    reward: str = "acc"
+    min_ratio: float = 0.0
+    max_ratio: float = 0.8
+    importance: str = "l1"
+    round_to: int | None = None
+    bn_batches: int = 8
+    bn_batch_size: int = 64
+    eval_batch_size: int = 1000
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cost not in ("latency", "macs"):
+            raise RlpruneError(f"unknown cost '{self.cost}'; choose 'latency' or 'macs'")
+        if not 0.0 <= self.min_ratio < self.max_ratio < 1.0:
+            raise RlpruneError(
+                f"need 0 <= min_ratio < max_ratio < 1, got {self.min_ratio} and {self.max_ratio}"
+            )
+        get_reward(self.reward)  # fail early on an unknown name
+
+
+class LatencySource(Protocol):
+    """Where latency comes from: measured by default, a fixed function in deterministic tests."""
+
+    def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
+        """Per-layer latency (ms) of the reference model and the rest (ms) not in those layers."""
+
+    def ratio(self, model: nn.Module) -> tuple[float, float]:
+        """Latency of ``model`` relative to the reference, and its median in ms."""
+
+
+class MeasuredLatency:
+    """Latency measured on the target device, candidates interleaved with the reference."""
+
+    def __init__(
+        self, reference: nn.Module, input_shape: tuple[int, int, int], config: LatencyConfig
+    ):
+        self.reference = reference
+        self.input_shape = input_shape
+        self.config = config
+        self.meter = LatencyMeter(reference, input_shape, config)
+
+    def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
+        return profile_layers(self.reference, self.input_shape, layer_names, self.config)
+
+    def ratio(self, model: nn.Module) -> tuple[float, float]:
+        ratio, stats = self.meter.ratio(model)
+        return ratio, stats.median_ms
+
+
+class ChannelPruningEnv(gym.Env):
+    """AMC-style channel pruning of a trained classifier, one prunable unit per step.
+
+    A *unit* is a group of layers whose output channels must be removed together (residual adds,
+    depthwise convs, concatenations; found by Torch-Pruning's dependency graph). The classifier's
+    outputs are never pruned.
+
+    **Action space**: ``Box(-1, 1, (1,), float32)``, mapped linearly to a pruning ratio (fraction of
+    the unit's channels removed) in ``[min_ratio, max_ratio]``, then raised if needed by AMC's
+    action wall so that the target stays reachable when every later unit is pruned at
+    ``max_ratio`` (the wall uses a per-layer latency table or MACs, see :mod:`envs.budget`).
+
+    **Observation space**: ``Box(0, 1, (NUM_FEATURES,), float32)``, the fixed-scale,
+    architecture-agnostic features of the current unit listed in
+    :data:`envs.features.FEATURE_NAMES` (relative depth, kind, log widths, kernel, stride,
+    feature-map size, MACs and latency shares, cost removed so far, cost still to visit, previous
+    ratio, target, coupling, the wall's floor).
+
+    **Reward**: 0 at every step but the last. At the last unit a copy of the model is pruned for
+    real, its BatchNorm statistics are recalibrated on a few training batches, its accuracy is
+    measured on the reward split and its latency on the target device; the reward is
+    ``REWARDS[config.reward](accuracy, cost_ratio, target, base_cost)``.
+
+    **Start**: the first unit, nothing pruned. **End**: ``terminated=True`` after the last unit;
+    never truncated. ``info`` of the last step carries ``accuracy``, ``latency_ms``,
+    ``latency_ratio``, ``macs_ratio``, ``params_ratio``, ``strategy``, ``reward`` and the time spent
+    (``time_prune_s``, ``time_bn_s``, ``time_eval_s``, ``time_latency_s``).
+
+    The source model is never modified. Baseline accuracy and latency are measured once, here.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: TensorDataset,
+        reward_set: TensorDataset,
+        config: PruningEnvConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        latency: LatencySource | None = None,
+        model_name: str = "model",
+    ) -> None:
+        super().__init__()
+        self.config = config or PruningEnvConfig()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.model_name = model_name
+        self.train_set = train_set
+        self.reward_set = reward_set
+        self.input_shape = tuple(train_set.tensors[0].shape[1:])
+        self.example_input = torch.zeros(1, *self.input_shape, device=self.device)
+        self.reward_fn = get_reward(self.config.reward)
+
+        self.pruner = Pruner(
+            self.model,
+            self.example_input,
+            importance=self.config.importance,
+            round_to=self.config.round_to,
+        )
+        self.units = self.pruner.units
+        if not self.units:
+            raise PruningError(
+                f"{model_name} has no prunable units (no conv/linear layer with 2+ output "
+                "channels besides the classifier); nothing to search"
+            )
+        self.num_units = len(self.units)
+        self.layer_costs = self.pruner.layer_costs
+        self.base_macs, self.base_params = self.pruner.base_macs, self.pruner.base_params
+        self.base_accuracy = evaluate(
+            self.model, reward_set, self.device, self.config.eval_batch_size
+        )
+
+        lat_cfg = LatencyConfig(**{**asdict(self.config.latency), "device": str(self.device)})
+        self.latency = latency or MeasuredLatency(self.model, self.input_shape, lat_cfg)
+        self.layer_latency_ms, self.overhead_ms = self.latency.profile(
+            [c.name for c in self.layer_costs]
+        )
+        _, self.base_latency_ms = self.latency.ratio(self.model)
+        self._full_macs = estimate_cost(self.layer_costs, [1.0] * self.num_units, "macs")
+        self._full_latency = self._latency_estimate_ms([1.0] * self.num_units)
+        self.macs_share = self._unit_shares(self.macs_estimate)
+        self.latency_share = self._unit_shares(self.latency_estimate)
+        shares = zip(self.units, self.latency_share, strict=True)
+        self.latency_shares = {u.name: float(s) for u, s in shares}
+        self.calibration = 1.0
+
+        max_strategy = {u.name: self.config.max_ratio for u in self.units}
+        self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
+        self.check_target(self.config.target)
+        if self.config.cost == "latency" and self.config.calibrate:
+            est = self.latency_estimate([1 - self.config.max_ratio] * self.num_units)
+            self.calibration = self.max_pruned["latency_ratio"] / max(est, 1e-9)
+
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), dtype=np.float32)
+        self._cache: dict[tuple[int, ...], dict[str, Any]] = {}
+        self._keep: list[float] = []
+        self._ratios: list[float] = []
+
+    # ----------------------------------------------------------------- cost models
+    def _latency_estimate_ms(self, keep: Sequence[float]) -> float:
+        layers = estimate_cost(self.layer_costs, keep, per_layer=self.layer_latency_ms)
+        return self.overhead_ms + layers
+
+    def latency_estimate(self, keep: Sequence[float]) -> float:
+        """Estimated latency ratio for kept fractions ``keep`` (per-layer latency table)."""
+        return self._latency_estimate_ms(keep) / self._full_latency
+
+    def macs_estimate(self, keep: Sequence[float]) -> float:
+        """Estimated MACs ratio for kept fractions ``keep``."""
+        return estimate_cost(self.layer_costs, keep, "macs") / self._full_macs
+
+    def _unit_shares(self, cost_model) -> np.ndarray:
+        ones = [1.0] * self.num_units
+        return np.array(
+            [1.0 - cost_model(ones[:i] + [0.0] + ones[i + 1 :]) for i in range(self.num_units)]
+        )
+
+    @property
+    def _cost_model(self):
+        return self.latency_estimate if self.config.cost == "latency" else self.macs_estimate
+
+    @property
+    def _wall_target(self) -> float:
+        """Target handed to the action wall, in the estimate's units (calibrated for latency)."""
+        return self.config.target / self.calibration
+
+    def check_target(self, target: float) -> None:
+        """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
+        what = "latency" if self.config.cost == "latency" else "MACs"
+        key = "latency_ratio" if self.config.cost == "latency" else "macs_ratio"
+        check_reachable(target, self.max_pruned[key], what)
+
+    # ----------------------------------------------------------------- gym API
+    def _required_ratio(self) -> float:
+        return min_pruning_ratio(
+            self._cost_model, self._keep, self.num_units, self._wall_target, self.config.max_ratio
+        )
+
+    def _observation(self) -> np.ndarray:
+        t = len(self._keep)
+        ones = [1.0] * (self.num_units - t)
+        shares = self.latency_share if self.config.cost == "latency" else self.macs_share
+        return unit_features(
+            self.units[t],
+            self.num_units,
+            latency_share=float(self.latency_share[t]),
+            cost_removed=1.0 - self._cost_model(self._keep + ones),
+            cost_rest=float(shares[t + 1 :].sum()),
+            previous_ratio=self._ratios[-1] if self._ratios else 0.0,
+            target=self.config.target,
+            required_ratio=self._required_ratio(),
+        )
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._keep, self._ratios = [], []
+        return self._observation(), {}
+
+    def action_to_ratio(self, action: float) -> float:
+        """Map an action in [-1, 1] linearly to a ratio in [min_ratio, max_ratio]."""
+        a = float(np.clip(action, -1.0, 1.0))
+        lo, hi = self.config.min_ratio, self.config.max_ratio
+        return lo + (a + 1.0) / 2.0 * (hi - lo)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if len(self._keep) >= self.num_units:
+            raise RlpruneError("step() called after the episode ended; call reset() first")
+        unit = self.units[len(self._keep)]
+        wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
+        ratio = min(max(wanted, self._required_ratio()), self.config.max_ratio)
+        self._keep.append(1.0 - ratio)
+        self._ratios.append(ratio)
+        info: dict[str, Any] = {"unit": unit.name, "ratio": ratio, "wanted_ratio": wanted}
+        if len(self._keep) < self.num_units:
+            return self._observation(), 0.0, False, False, info
+
+        strategy = {u.name: r for u, r in zip(self.units, self._ratios, strict=True)}
+        result = self.evaluate_strategy(strategy)
+        if self.config.cost == "latency" and self.config.calibrate:
+            measured_over_est = result["latency_ratio"] / max(
+                self.latency_estimate(self._keep), 1e-9
+            )
+            self.calibration += _CALIBRATION_EMA * (measured_over_est - self.calibration)
+        info.update(result, model=self.model_name, latency_shares=self.latency_shares)
+        obs = np.zeros(NUM_FEATURES, dtype=np.float32)
+        obs[0] = 1.0
+        return obs, float(result["reward"]), True, False, info
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate_strategy(
+        self, strategy: Mapping[str, float], *, with_accuracy: bool = True
+    ) -> dict[str, Any]:
+        """Prune a copy with ``strategy``, recalibrate BN, measure accuracy, latency and cost.
+
+        Results are cached by the kept channel counts, so a strategy that rounds to an
+        architecture already seen costs nothing.
+
+        Returns:
+            dict with ``accuracy`` (reward split, after BN recalibration; None if not asked),
+            ``latency_ms``, ``latency_ratio``, ``macs``, ``macs_ratio``, ``params``,
+            ``params_ratio``, ``strategy``, ``kept_channels``, ``reward``, ``cached`` and the
+            seconds spent in each stage.
+        """
+        kept = self.pruner.kept_channels(strategy)
+        key = tuple(kept[u.name] for u in self.units)
+        cached = self._cache.get(key) if with_accuracy else None
+        if cached is not None:
+            return {**cached, "strategy": dict(strategy), "cached": True}
+
+        times = {"time_prune_s": 0.0, "time_bn_s": 0.0, "time_eval_s": 0.0, "time_latency_s": 0.0}
+        t0 = time.perf_counter()
+        pruned = self.pruner.apply(strategy)
+        macs, params = count_cost(pruned, self.example_input)
+        t1 = time.perf_counter()
+        times["time_prune_s"] = t1 - t0
+        accuracy = None
+        if with_accuracy:
+            recalibrate_bn(
+                pruned,
+                self.train_set,
+                num_batches=self.config.bn_batches,
+                batch_size=self.config.bn_batch_size,
+                device=self.device,
+            )
+            t2 = time.perf_counter()
+            accuracy = evaluate(pruned, self.reward_set, self.device, self.config.eval_batch_size)
+            t3 = time.perf_counter()
+            times["time_bn_s"], times["time_eval_s"] = t2 - t1, t3 - t2
+        t4 = time.perf_counter()
+        latency_ratio, latency_ms = self.latency.ratio(pruned)
+        times["time_latency_s"] = time.perf_counter() - t4
+
+        macs_ratio = macs / self.base_macs
+        cost_ratio = latency_ratio if self.config.cost == "latency" else macs_ratio
+        base_cost = (
+            self.base_latency_ms * 1000.0 if self.config.cost == "latency" else self.base_macs
+        )
+        result = {
+            "accuracy": accuracy,
+            "latency_ms": latency_ms,
+            "latency_ratio": latency_ratio,
+            "macs": macs,
+            "macs_ratio": macs_ratio,
+            "params": params,
+            "params_ratio": params / self.base_params,
+            "kept_channels": kept,
+            "reward": None
+            if accuracy is None
+            else self.reward_fn(accuracy, cost_ratio, self.config.target, base_cost),
+            **times,
+        }
+        if with_accuracy:
+            self._cache[key] = result
+        return {**result, "strategy": dict(strategy), "cached": False}
+
+    def prune(self, strategy: Mapping[str, float]) -> nn.Module:
+        """A pruned, BN-recalibrated copy of the model (the source model is untouched)."""
+        pruned = self.pruner.apply(strategy)
+        return recalibrate_bn(
+            pruned,
+            self.train_set,
+            num_batches=self.config.bn_batches,
+            batch_size=self.config.bn_batch_size,
+            device=self.device,
+        )

@@ -1,0 +1,50 @@
+"""AMC's additions to SB3 DDPG: episode reward on every transition, baseline, decaying noise."""
+
+import numpy as np
+from gymnasium import spaces
+
+from agents.ddpg import DecayingTruncatedNormalNoise, EpisodeRewardBuffer
+
+
+def _buffer():
+    obs_space = spaces.Box(0.0, 1.0, (3,), dtype=np.float32)
+    act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+    return EpisodeRewardBuffer(16, obs_space, act_space, device="cpu", baseline_alpha=0.5)
+
+
+def test_final_reward_is_credited_to_every_transition_of_the_episode():
+    buf = _buffer()
+    obs = np.zeros((1, 3), dtype=np.float32)
+    act = np.zeros((1, 1), dtype=np.float32)
+    for _ in range(3):
+        buf.add(obs, obs, act, np.array([0.0]), np.array([False]), [{}])
+    assert buf.size() == 0  # held until the episode ends
+    buf.add(obs, obs, act, np.array([0.7]), np.array([True]), [{}])
+    assert buf.size() == 4
+    np.testing.assert_allclose(buf.rewards[:4, 0], 0.7)
+    np.testing.assert_allclose(buf.dones[:4, 0], 1.0)
+
+
+def test_sampled_rewards_have_the_moving_average_baseline_removed():
+    buf = _buffer()
+    obs = np.zeros((1, 3), dtype=np.float32)
+    act = np.zeros((1, 1), dtype=np.float32)
+    buf.add(obs, obs, act, np.array([1.0]), np.array([True]), [{}])
+    first = buf.sample(8)
+    assert np.allclose(first.rewards.numpy(), 0.0)  # baseline starts at the first batch mean
+    buf.add(obs, obs, act, np.array([3.0]), np.array([True]), [{}])
+    buf.sample(64)
+    assert 1.0 < buf.baseline < 3.0
+
+
+def test_noise_is_truncated_to_the_action_range_and_decays_after_warmup():
+    noise = DecayingTruncatedNormalNoise(sigma=0.5, decay=0.9, warmup_episodes=2, seed=0)
+    samples = np.array([noise.sample_around(np.array([0.95])) for _ in range(500)])
+    assert samples.min() >= -1.0 and samples.max() <= 1.0
+    assert samples.std() > 0.1
+    start = noise.current_sigma
+    noise.reset()
+    noise.reset()
+    assert noise.current_sigma == start  # still inside the warm-up
+    noise.reset()
+    assert np.isclose(noise.current_sigma, start * 0.9)
