@@ -190,7 +190,7 @@ class ChannelPruningEnv(gym.Env):
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
         if self.config.cost == "latency" and self.config.calibrate:
-            est = self.latency_estimate([1 - self.config.max_ratio] * self.num_units)
+            est = self.latency_estimate(self.pruner.keep_fractions(max_strategy))
             self.calibration = self.max_pruned["latency_ratio"] / max(est, 1e-9)
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
@@ -273,7 +273,8 @@ class ChannelPruningEnv(gym.Env):
         unit = self.units[len(self._keep)]
         wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
         ratio = min(max(wanted, self._required_ratio()), self.config.max_ratio)
-        self._keep.append(1.0 - ratio)
+        # The cost estimates of later steps see the channel count this ratio really keeps.
+        self._keep.append(self.pruner.keep_fractions({unit.name: ratio})[unit.index])
         self._ratios.append(ratio)
         info: dict[str, Any] = {"unit": unit.name, "ratio": ratio, "wanted_ratio": wanted}
         if len(self._keep) < self.num_units:

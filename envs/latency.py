@@ -1,0 +1,275 @@
+"""Inference latency on the target device: robust timing, interleaved comparison, caching.
+
+Timing on a shared machine is noisy (the median of one 50-run pass of the same model varied up to
+2.7x between passes here), so comparisons interleave the models being compared and keep robust
+statistics: medians, the best of several passes, and candidate runs alternating with the
+reference's in :class:`LatencyMeter`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from envs.units import eval_mode
+from models.errors import RlpruneError
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is timed.
+
+    Attributes:
+        device: Where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the model must be there.
+        batch_size: Samples per forward pass.
+        warmup: Untimed forward passes before timing (per model and pass).
+        repeats: Timed forward passes.
+        threads: ``torch.set_num_threads`` during measurement (restored after); None keeps it.
+    """
+
+    device: str = "cpu"
+    batch_size: int = 1
+    warmup: int = 3
+    repeats: int = 20
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of repeated forward passes, milliseconds per batch.
+
+    Attributes:
+        median_ms: Median time.
+        p25_ms: 25th percentile.
+        p75_ms: 75th percentile.
+        min_ms: Fastest run.
+        n: Number of timed runs.
+    """
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    n: int
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median, (p75 - p25) / median."""
+        return (self.p75_ms - self.p25_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    @classmethod
+    def from_times(cls, times_ms: Sequence[float]) -> LatencyStats:
+        """Statistics of run times in ms (at least one)."""
+        ordered = sorted(times_ms)
+        if len(ordered) == 1:
+            q25 = q75 = ordered[0]
+        else:
+            q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
+        return cls(statistics.median(ordered), q25, q75, ordered[0], len(ordered))
+
+
+def measure_latency(
+    model: nn.Module, input_shape: tuple[int, int, int], config: LatencyConfig = LatencyConfig()
+) -> LatencyStats:
+    """Times forward passes of ``model`` on a random batch ``[batch_size, *input_shape]``.
+
+    The model runs in eval mode under ``torch.inference_mode`` (its mode is restored after);
+    CUDA is synchronised around every timed run.
+    """
+    with _timing(config):
+        x = _batch(input_shape, config)
+        with eval_mode(model):
+            run = _timer(model, x, config.device)
+            for _ in range(config.warmup):
+                run()
+            return LatencyStats.from_times([run() for _ in range(max(config.repeats, 1))])
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, int, int],
+    config: LatencyConfig = LatencyConfig(),
+    passes: int = 3,
+) -> dict[str, LatencyStats]:
+    """Latency of several models measured interleaved, robust to machine-wide slowdowns.
+
+    Each pass measures every model in turn, starting one model later than the previous pass;
+    per model the pass with the lowest median is kept (a slowdown only ever adds time).
+
+    Returns:
+        Stats per model name, in the order of ``models``.
+    """
+    names = list(models)
+    best: dict[str, LatencyStats] = {}
+    for p in range(max(passes, 1)):
+        shift = p % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            stats = measure_latency(models[name], input_shape, config)
+            if name not in best or stats.median_ms < best[name].median_ms:
+                best[name] = stats
+    return {name: best[name] for name in names}
+
+
+def shape_signature(model: nn.Module) -> tuple:
+    """Hashable architecture fingerprint: module classes, parameter and buffer shapes, in order.
+
+    Two pruned copies of the same model with the same kept channels have equal signatures.
+    """
+    classes = tuple(type(m).__name__ for m in model.modules())
+    params = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    buffers = tuple((n, tuple(b.shape)) for n, b in model.named_buffers())
+    return classes, params, buffers
+
+
+class LatencyMeter:
+    """Latency ratios of candidates vs a fixed reference model, cached by shape signature.
+
+    Attributes:
+        reference_stats: Latency of the reference, measured at construction.
+        hits: Calls of :meth:`ratio` answered from the cache.
+        misses: Calls that measured.
+    """
+
+    def __init__(
+        self,
+        reference: nn.Module,
+        input_shape: tuple[int, int, int],
+        config: LatencyConfig = LatencyConfig(),
+    ) -> None:
+        self.reference = reference
+        self.input_shape = input_shape
+        self.config = config
+        self.reference_stats = measure_latency(reference, input_shape, config)
+        self.hits = 0
+        self.misses = 0
+        self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
+
+    def ratio(self, model: nn.Module) -> tuple[float, LatencyStats]:
+        """(median candidate / median reference, candidate stats), timed interleaved.
+
+        Candidate and reference runs alternate (the order flips every repeat), so both see the
+        same machine load; the ratio is far more stable than either latency alone.
+        """
+        key = shape_signature(model)
+        if key in self._cache:
+            self.hits += 1
+            return self._cache[key]
+        self.misses += 1
+        cfg = self.config
+        with _timing(cfg):
+            x = _batch(self.input_shape, cfg)
+            with eval_mode(model), eval_mode(self.reference):
+                runs = (_timer(model, x, cfg.device), _timer(self.reference, x, cfg.device))
+                for _ in range(cfg.warmup):
+                    runs[0](), runs[1]()
+                times: tuple[list[float], list[float]] = ([], [])
+                for i in range(max(cfg.repeats, 1)):
+                    for j in (0, 1) if i % 2 == 0 else (1, 0):
+                        times[j].append(runs[j]())
+        cand, ref = LatencyStats.from_times(times[0]), LatencyStats.from_times(times[1])
+        result = (cand.median_ms / ref.median_ms, cand)
+        self._cache[key] = result
+        return result
+
+
+def profile_layers(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    layer_names: Sequence[str],
+    config: LatencyConfig = LatencyConfig(),
+) -> tuple[dict[str, float], float]:
+    """Per-layer latency table, for :func:`envs.units.estimate_cost` with ``per_layer``.
+
+    Each named layer is timed between a forward pre-hook and a forward hook (median over
+    ``repeats``). The overhead is the whole model's median (timed without hooks) minus the sum
+    of the layer medians, clipped at 0: the time of everything the pruning does not shrink.
+
+    Returns:
+        (ms per layer name, overhead ms).
+
+    Raises:
+        RlpruneError: A name is not a submodule of ``model``.
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in layer_names if n not in modules]
+    if missing:
+        raise RlpruneError(f"cannot profile {missing[:3]}: not layers of {type(model).__name__}")
+    total = measure_latency(model, input_shape, config).median_ms
+    cuda = torch.device(config.device).type == "cuda"
+    samples: dict[str, list[float]] = {n: [] for n in layer_names}
+    starts: dict[str, float] = {}
+
+    def before(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if cuda:
+                torch.cuda.synchronize(config.device)
+            starts[name] = time.perf_counter()
+
+        return hook
+
+    def after(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if cuda:
+                torch.cuda.synchronize(config.device)
+            samples[name].append((time.perf_counter() - starts[name]) * 1e3)
+
+        return hook
+
+    handles = []
+    for name in layer_names:
+        handles.append(modules[name].register_forward_pre_hook(before(name)))
+        handles.append(modules[name].register_forward_hook(after(name)))
+    try:
+        measure_latency(model, input_shape, config)
+    finally:
+        for handle in handles:
+            handle.remove()
+    skip = config.warmup  # hooked warm-up runs are recorded too; drop them
+    per_layer = {n: statistics.median(t[skip:] or t) if t else 0.0 for n, t in samples.items()}
+    return per_layer, max(0.0, total - sum(per_layer.values()))
+
+
+@contextmanager
+def _timing(config: LatencyConfig) -> Iterator[None]:
+    """Applies ``config.threads`` for the duration of a measurement."""
+    previous = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _batch(input_shape: Sequence[int], config: LatencyConfig) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(config.batch_size, *input_shape, generator=generator)
+    return x.to(config.device)
+
+
+def _timer(model: nn.Module, x: torch.Tensor, device: str) -> Callable[[], float]:
+    """A function that runs one forward pass of ``model`` on ``x`` and returns its time in ms."""
+    where = next(iter(model.parameters()), x).device
+    if where.type != x.device.type:
+        raise RlpruneError(
+            f"model is on {where} but latency is measured on {device}; move it with .to('{device}')"
+        )
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+
+    def run() -> float:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            model(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+            return (time.perf_counter() - start) * 1e3
+
+    return run

@@ -1,0 +1,317 @@
+"""Train, fine-tune and evaluate classifiers on in-memory tensor datasets; cache base models.
+
+The loop batches straight from the :class:`~torch.utils.data.TensorDataset` tensors (no
+DataLoader workers: the data is already in memory), uses a per-step cosine learning-rate schedule
+and runs under a forked, seeded RNG so the same seed gives the same weights and the caller's
+random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
+
+from models.data import DataSplits, default_cache_dir
+from models.errors import RlpruneError
+from models.zoo import build_model
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a base model is trained. Every field except ``progress`` is part of the cache key.
+
+    Attributes:
+        epochs: Passes over the train split.
+        lr: Peak learning rate, annealed to 0 by a per-step cosine schedule (0.05 suits SGD;
+            use about 1e-3 with adam).
+        optimizer: ``"sgd"`` (momentum) or ``"adam"`` (AdamW, decoupled weight decay).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (SGD) or decoupled weight decay (AdamW).
+        batch_size: Images per step.
+        seed: Seed of the batch order and of random layers (dropout); :func:`get_base_model`
+            also seeds the initial weights with it.
+        progress: Show a tqdm progress bar.
+    """
+
+    epochs: int = 8
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise RlpruneError(f"unknown optimizer '{self.optimizer}'; use one of {OPTIMIZERS}")
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise RlpruneError(
+                f"invalid training settings: epochs={self.epochs} (>= 0), lr={self.lr} (> 0), "
+                f"batch_size={self.batch_size} (>= 1)"
+            )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turns a device name into a :class:`torch.device`; ``auto`` picks CUDA when available.
+
+    Raises:
+        RlpruneError: The name is not a device, or names CUDA on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise RlpruneError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RlpruneError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def train_model(
+    model: nn.Module,
+    train_set: TensorDataset,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    eval_set: TensorDataset | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Trains ``model`` in place with cross-entropy, then leaves it in eval mode on ``device``.
+
+    Args:
+        model: Classifier mapping ``[N, C, H, W]`` to ``[N, num_classes]`` logits.
+        train_set: ``(x float32 [N, C, H, W], y int64 [N])``.
+        config: Optimiser, schedule and seed.
+        device: Where to train.
+        eval_set: Optional split whose accuracy is measured after every epoch.
+        desc: Label of the progress bar.
+
+    Returns:
+        One dict per epoch: ``epoch``, ``loss`` (mean train cross-entropy), ``train_acc`` (on the
+        training batches, in [0, 1]), ``eval_acc`` (or None), ``lr`` (at the epoch's end) and
+        ``time_s`` (seconds since the start).
+
+    Raises:
+        RlpruneError: The loss became NaN or infinite (learning rate too high).
+    """
+    x, y = train_set.tensors
+    steps = math.ceil(len(y) / config.batch_size)
+    if len(y) % config.batch_size == 1:  # a batch of one breaks BatchNorm: drop it
+        steps -= 1
+    if steps == 0:
+        raise RlpruneError(f"cannot train on {len(y)} image(s); the train split is too small")
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, config.epochs * steps)))
+    )
+    history: list[dict] = []
+    start = time.perf_counter()
+    with (
+        torch.random.fork_rng(devices=_cuda_devices(device)),
+        tqdm(total=config.epochs * steps, desc=desc, disable=not config.progress) as bar,
+    ):
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(y), generator=generator)
+            total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+            for step in range(steps):
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                inputs, labels = x[idx].to(device), y[idx].to(device)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == labels).sum()
+                bar.update()
+            seen = min(steps * config.batch_size, len(y))
+            record = {
+                "epoch": epoch + 1,
+                "loss": total_loss.item() / seen,
+                "train_acc": correct.item() / seen,
+                "eval_acc": evaluate(model, eval_set, device) if eval_set is not None else None,
+                "lr": schedule.get_last_lr()[0],
+                "time_s": time.perf_counter() - start,
+            }
+            if not math.isfinite(record["loss"]):
+                raise RlpruneError(
+                    f"training diverged ({desc}: loss {record['loss']} at epoch {epoch + 1}); "
+                    f"lower the learning rate (now {config.lr})"
+                )
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+    model.eval()
+    return history
+
+
+def fine_tune(
+    model: nn.Module,
+    train_set: TensorDataset,
+    epochs: int = 2,
+    *,
+    lr: float = 0.01,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    eval_set: TensorDataset | None = None,
+) -> list[dict]:
+    """Fine-tunes a (pruned) model in place: :func:`train_model` with a small SGD learning rate.
+
+    Returns:
+        The per-epoch history of :func:`train_model`.
+    """
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress)
+    return train_model(model, train_set, config, device, eval_set, desc="fine-tune")
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: TensorDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``dataset``; the training flag is restored.
+
+    Raises:
+        RlpruneError: The dataset is empty.
+    """
+    x, y = dataset.tensors
+    if len(y) == 0:
+        raise RlpruneError("cannot evaluate on an empty dataset")
+    was_training = model.training
+    model.to(device).eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(y), batch_size):
+            logits = model(x[start : start + batch_size].to(device))
+            correct += (logits.argmax(1).cpu() == y[start : start + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / len(y)
+
+
+def get_base_model(
+    model_name: str,
+    splits: DataSplits,
+    *,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, hence safe as a default)
+    device: torch.device | str = "cpu",
+    cache_dir: str | None = None,
+    retrain: bool = False,
+) -> tuple[nn.Module, dict]:
+    """Returns a trained ``model_name`` for ``splits``, from the checkpoint cache when possible.
+
+    Checkpoints live in ``<cache_dir>/base_models/``, keyed by a hash of the model name, the
+    dataset (name, shapes, classes, label fingerprint) and every training setting. An unreadable
+    checkpoint is retrained with a warning.
+
+    Args:
+        model_name: Any name :func:`models.zoo.build_model` accepts.
+        splits: Data; trained on ``train``, monitored on ``reward_val``, reported on ``test``.
+        config: Training settings.
+        device: Where to train; the returned model lives there.
+        cache_dir: Cache root (default: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``).
+        retrain: Ignore an existing checkpoint and overwrite it.
+
+    Returns:
+        ``(model in eval mode, info)`` where info holds ``test_acc`` (in [0, 1]),
+        ``train_time_s``, ``path`` (the checkpoint, str), ``cached`` (bool) and ``history``.
+    """
+    key = _cache_key(model_name, splits, config)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = root / "base_models" / f"{_slug(model_name)}-{_slug(splits.name)}-{digest}.pt"
+    model = _build_seeded(model_name, splits, config.seed)
+    if path.is_file() and not retrain:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["state_dict"])
+            info = {key: checkpoint[key] for key in ("test_acc", "train_time_s", "history")}
+            return model.to(device).eval(), {**info, "path": str(path), "cached": True}
+        except Exception as err:  # any unreadable or mismatching file: train afresh
+            warnings.warn(f"retraining: checkpoint {path} is unreadable ({err})", stacklevel=2)
+            model = _build_seeded(model_name, splits, config.seed)
+    start = time.perf_counter()
+    history = train_model(
+        model, splits.train, config, device, splits.reward_val, desc=f"{model_name}"
+    )
+    info = {
+        "test_acc": evaluate(model, splits.test, device),
+        "train_time_s": time.perf_counter() - start,
+        "history": history,
+    }
+    _save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
+    return model.eval(), {**info, "path": str(path), "cached": False}
+
+
+def _build_seeded(model_name: str, splits: DataSplits, seed: int) -> nn.Module:
+    """Builds the model with initial weights drawn from ``seed``, leaving the global RNG as is."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_name, splits.input_shape, splits.num_classes)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _cuda_devices(device: torch.device | str) -> list[int]:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _cache_key(model_name: str, splits: DataSplits, config: TrainConfig) -> dict:
+    """Everything a trained base model depends on, as JSON-friendly values."""
+    labels = [split.tensors[1] for split in (splits.train, splits.reward_val, splits.test)]
+    fingerprint = hashlib.sha1(b"".join(y.numpy().tobytes() for y in labels)).hexdigest()
+    settings = dataclasses.asdict(config)
+    del settings["progress"]
+    return {
+        "model": model_name,
+        "dataset": splits.name,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "split_sizes": [len(y) for y in labels],
+        "labels_sha1": fingerprint,
+        "config": settings,
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60]
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    """Writes ``obj`` to a temporary file, then renames it: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,97 @@
+"""Train (or fetch from the cache) a base model and print its test accuracy.
+
+Usage:
+    python scripts/train_base.py --model vgg_small --dataset mnist5k
+    python scripts/train_base.py --model resnet20 --dataset cifar10 --data-dir ~/data --download
+    python scripts/train_base.py --list-models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import models  # noqa: F401 (installed with `pip install -e .`)
+except ImportError:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.data import list_datasets, load_dataset
+from models.errors import RlpruneError
+from models.training import TrainConfig, get_base_model, resolve_device
+from models.zoo import DEFAULT_MODEL, list_models
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; training settings default to :class:`TrainConfig`'s."""
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="architecture or module:callable")
+    parser.add_argument("--dataset", default="mnist5k", help="dataset name or imagefolder:<dir>")
+    parser.add_argument("--data-dir", default=None, help="where torchvision datasets live")
+    parser.add_argument("--download", action="store_true", help="download a missing dataset")
+    parser.add_argument("--max-samples", type=int, default=None, help="stratified subset size")
+    parser.add_argument("--image-size", type=int, default=None, help="resize images to SxS px")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="data split and training")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--cache-dir", default=None, help="default: $RLPRUNE_CACHE or ~/.cache")
+    parser.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--list-models", action="store_true", help="print model names and exit")
+    parser.add_argument("--list-datasets", action="store_true", help="print datasets and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_models:
+        print("\n".join(list_models()))
+    if args.list_datasets:
+        print("\n".join(list_datasets()))
+    if args.list_models or args.list_datasets:
+        return 0
+    device = resolve_device(args.device)
+    splits = load_dataset(
+        args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        seed=args.seed,
+        max_samples=args.max_samples,
+        image_size=args.image_size,
+    )
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    _, info = get_base_model(
+        args.model,
+        splits,
+        config=config,
+        device=device,
+        cache_dir=args.cache_dir,
+        retrain=args.retrain,
+    )
+    source = "loaded from cache" if info["cached"] else "trained"
+    print(
+        f"{args.model} on {splits.name}: test accuracy {info['test_acc']:.4f} "
+        f"({len(splits.test)} images); {source}, training took {info['train_time_s']:.1f} s "
+        f"on {device}\ncheckpoint: {info['path']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RlpruneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,17 @@
+"""Shared fixtures: the two offline datasets, loaded once per test session (read-only)."""
+
+import pytest
+
+from models.data import DataSplits, load_dataset
+
+
+@pytest.fixture(scope="session")
+def digits_splits() -> DataSplits:
+    """scikit-learn digits, 1x8x8, 10 classes: 1437 / 180 / 180 images."""
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def mnist5k_splits() -> DataSplits:
+    """MNIST-5k, 1x28x28, 10 classes: 4000 / 500 / 500 images."""
+    return load_dataset("mnist5k")

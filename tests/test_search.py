@@ -1,0 +1,97 @@
+"""A real DDPG search of a few episodes: TensorBoard tags, checkpoints, reload, resume."""
+
+import json
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.ddpg import AgentConfig, load_agent, make_agent
+from agents.search import read_search_state, run_search
+from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
+from models.errors import CheckpointError
+from models.training import TrainConfig, get_base_model
+
+
+@pytest.fixture(scope="module")
+def env(digits_splits, tmp_path_factory):
+    model, _ = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=2, progress=False),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
+    return ChannelPruningEnv(model, digits_splits.train, digits_splits.reward_val, cfg)
+
+
+def _tags(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags["scalars"]) | set(tags["images"]) | set(tags["tensors"])
+
+
+def test_search_logs_checkpoints_and_resumes(env, tmp_path):
+    config = AgentConfig(warmup_episodes=3, batch_size=8, seed=0)
+    agent = make_agent(env, config, num_units=env.num_units)
+    result = run_search(
+        agent, tmp_path, 6, max_units=env.num_units, hparams={"target": 0.5}, progress=False,
+        figure_every=3,
+    )
+    assert result.episodes == 6 and not result.interrupted
+    best = json.loads((tmp_path / "best_strategy.json").read_text())
+    assert set(best["strategy"]) == {u.name for u in env.units}
+    assert best["macs_ratio"] <= 0.5 * 1.05
+    rows = (tmp_path / "episodes.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 6
+
+    tags = _tags(tmp_path)
+    for tag in (
+        "episode/reward",
+        "episode/accuracy",
+        "episode/latency_ratio",
+        "episode/macs_ratio",
+        "episode/best_reward",
+        f"strategy/{env.units[0].name}",
+        "best/strategy",
+        "policy/heatmap",
+        "train/actor_loss",
+        "train/critic_loss",
+        "rollout/ep_rew_mean",
+    ):
+        assert tag in tags, tag
+    assert any(t.startswith("best/strategy_table") for t in tags)
+
+    reloaded = load_agent(tmp_path / "agent.zip", env)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(
+        reloaded.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0]
+    )
+    assert reloaded.actor_lr == config.actor_lr and reloaded.critic_lr == config.critic_lr
+
+    state = read_search_state(tmp_path)
+    assert state["episode"] == 6
+    reloaded.load_replay_buffer(tmp_path / "replay_buffer.pkl")
+    more = run_search(
+        reloaded, tmp_path, 2, max_units=env.num_units, resume_state=state, progress=False
+    )
+    assert more.episodes == 2 and read_search_state(tmp_path)["episode"] == 8
+    assert len((tmp_path / "episodes.csv").read_text().strip().splitlines()) == 1 + 8
+
+
+def test_same_seed_gives_the_same_search(env, tmp_path):
+    bests = []
+    for i in range(2):
+        agent = make_agent(env, AgentConfig(warmup_episodes=2, batch_size=8, seed=3), num_units=6)
+        bests.append(run_search(agent, tmp_path / str(i), 4, max_units=6, progress=False).best)
+    assert bests[0]["strategy"] == bests[1]["strategy"]
+
+
+def test_bad_agent_files_give_clear_errors(env, tmp_path):
+    with pytest.raises(CheckpointError, match="no agent file"):
+        load_agent(tmp_path / "missing.zip", env)
+    bad = tmp_path / "agent.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a readable rlprune agent"):
+        load_agent(bad, env)

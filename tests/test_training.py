@@ -1,0 +1,128 @@
+"""Training, evaluation, the base-model cache and the train_base script, on real tiny data."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.data import DataSplits
+from models.errors import RlpruneError
+from models.training import (
+    TrainConfig,
+    evaluate,
+    fine_tune,
+    get_base_model,
+    resolve_device,
+    train_model,
+)
+from models.zoo import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = TrainConfig(epochs=2, lr=0.05, batch_size=64, progress=False)
+
+
+def _seeded_model(name: str, splits: DataSplits, seed: int = 0) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, splits.input_shape, splits.num_classes)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RlpruneError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_train_config_rejects_bad_settings() -> None:
+    with pytest.raises(RlpruneError, match="unknown optimizer 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(RlpruneError, match="lr=0"):
+        TrainConfig(lr=0)
+
+
+def test_training_learns_digits_and_is_seeded(digits_splits: DataSplits) -> None:
+    model = _seeded_model("vgg_small", digits_splits)
+    history = train_model(model, digits_splits.train, FAST, eval_set=digits_splits.reward_val)
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["lr"] < FAST.lr
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert evaluate(model, digits_splits.test) > 0.85  # chance is 0.1
+    again = _seeded_model("vgg_small", digits_splits)
+    train_model(again, digits_splits.train, FAST)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+
+
+def test_fine_tune_with_adam_and_evaluate_keep_the_training_flag(digits_splits) -> None:
+    model = build_model("resnet20", digits_splits.input_shape, digits_splits.num_classes)
+    config = TrainConfig(epochs=1, lr=3e-3, optimizer="adam", batch_size=64, progress=False)
+    train_model(model, digits_splits.train, config)
+    before = evaluate(model, digits_splits.reward_val)
+    history = fine_tune(
+        model, digits_splits.train, epochs=1, progress=False, eval_set=digits_splits.reward_val
+    )
+    assert len(history) == 1 and 0.0 <= history[0]["eval_acc"] <= 1.0 and before > 0.3
+    model.train()
+    evaluate(model, digits_splits.test)
+    assert model.training
+
+
+def test_base_model_cache_hit_and_corrupt_checkpoint(digits_splits, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, batch_size=64, progress=False)
+    model, info = get_base_model("vgg_small", digits_splits, config=config, cache_dir=tmp_path)
+    assert not info["cached"] and Path(info["path"]).is_file() and not model.training
+    assert info["test_acc"] == evaluate(model, digits_splits.test)
+    start = time.perf_counter()
+    cached, again = get_base_model("vgg_small", digits_splits, config=config, cache_dir=tmp_path)
+    assert again["cached"] and time.perf_counter() - start < 2.0
+    assert again["test_acc"] == info["test_acc"] == evaluate(cached, digits_splits.test)
+    other = get_base_model(
+        "vgg_small", digits_splits, config=config, cache_dir=tmp_path, retrain=True
+    )[1]
+    assert not other["cached"] and other["path"] == info["path"]
+
+    Path(info["path"]).write_bytes(b"truncated checkpoint")
+    with pytest.warns(UserWarning, match="unreadable"):
+        _, healed = get_base_model("vgg_small", digits_splits, config=config, cache_dir=tmp_path)
+    assert not healed["cached"] and healed["test_acc"] == info["test_acc"]
+    assert get_base_model("vgg_small", digits_splits, config=config, cache_dir=tmp_path)[1][
+        "cached"
+    ]
+
+
+def _run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_base.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_train_base_script_end_to_end(tmp_path: Path) -> None:
+    done = _run_script(
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vgg_small on digits: test accuracy" in done.stdout and "trained" in done.stdout
+    assert list((tmp_path / "base_models").glob("vgg_small-digits-*.pt"))
+    failed = _run_script("--dataset", "digitz", "--cache-dir", str(tmp_path))
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error: unknown dataset 'digitz'; did you mean 'digits'?")
