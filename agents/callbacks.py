@@ -89,8 +89,9 @@ class SearchCallback(BaseCallback):
     """Logs every finished episode and keeps the run directory resumable.
 
     Writes into ``run_dir``: ``episodes.csv`` (one row per episode), ``best_strategy.json`` (on
-    every new best), ``agent.zip`` + ``replay_buffer.pkl`` + ``search_state.json`` every
-    ``checkpoint_every`` episodes and at the end of training.
+    every new best; with several networks, ``best_strategy_<model>.json`` for each),
+    ``agent.zip`` + ``replay_buffer.pkl`` + ``search_state.json`` every ``checkpoint_every``
+    episodes and at the end of training.
 
     Args:
         run_dir: output directory of the run.
@@ -99,6 +100,7 @@ class SearchCallback(BaseCallback):
         figure_every: episodes between heat-map figures.
         state: the ``search_state.json`` of a resumed run (episode count, best result).
         extra_best: extra fields written into ``best_strategy.json`` (e.g. target, cost).
+        per_model: several networks are searched: one best file and figure per network.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class SearchCallback(BaseCallback):
         figure_every: int = 50,
         state: dict[str, Any] | None = None,
         extra_best: dict[str, Any] | None = None,
+        per_model: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -118,17 +121,23 @@ class SearchCallback(BaseCallback):
         self.checkpoint_every = checkpoint_every
         self.figure_every = figure_every
         self.extra_best = extra_best or {}
+        self.per_model = per_model
         state = state or {}
         self.episode: int = state.get("episode", 0)
-        self.best: dict[str, Any] | None = state.get("best")
+        self.bests: dict[str, dict[str, Any]] = state.get("bests", {})
         self.history: dict[str, list[list[float]]] = {}
         self.unit_names: dict[str, list[str]] = {}
         self.writer = None
         self._episode_start = time.perf_counter()
 
     @property
-    def best_reward(self) -> float:
-        return float("-inf") if self.best is None else float(self.best["reward"])
+    def best(self) -> dict[str, Any] | None:
+        """Best result of the first network searched (the only one in a one-network search)."""
+        return next(iter(self.bests.values()), None)
+
+    def best_reward(self, model: str) -> float:
+        best = self.bests.get(model)
+        return float("-inf") if best is None else float(best["reward"])
 
     def _on_training_start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,8 +169,8 @@ class SearchCallback(BaseCallback):
         seconds = time.perf_counter() - self._episode_start
         self._episode_start = time.perf_counter()
         model = info.get("model", "model")
-        if info["reward"] > self.best_reward:
-            self.best = {
+        if info["reward"] > self.best_reward(model):
+            self.bests[model] = {
                 "episode": self.episode,
                 "model": model,
                 **{k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")},
@@ -169,11 +178,12 @@ class SearchCallback(BaseCallback):
                 "latency_shares": info.get("latency_shares", {}),
                 **self.extra_best,
             }
-            self._write_json("best_strategy.json", self.best)
-            self._log_best()
+            name = f"best_strategy_{model}.json" if self.per_model else "best_strategy.json"
+            self._write_json(name, self.bests[model])
+            self._log_best(model)
         scalars = {k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")}
         scalars |= {k: info[k] for k in ("macs_ratio", "params_ratio")}
-        scalars |= {"best_reward": self.best_reward, "seconds": seconds}
+        scalars |= {"best_reward": self.best_reward(model), "seconds": seconds}
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"episode/{key}", value, self.episode)
@@ -189,19 +199,20 @@ class SearchCallback(BaseCallback):
         if self.episode % self.checkpoint_every == 0:
             self.save_checkpoint()
 
-    def _log_best(self) -> None:
-        if self.writer is None or self.best is None:
+    def _log_best(self, model: str) -> None:
+        if self.writer is None:
             return
-        self.writer.add_text("best/strategy_table", strategy_table(self.best), self.episode)
-        self.writer.add_figure(
-            "best/strategy", strategy_figure(self.best), self.episode, close=True
-        )
+        best = self.bests[model]
+        suffix = f"_{model}" if self.per_model else ""
+        self.writer.add_text(f"best/strategy_table{suffix}", strategy_table(best), self.episode)
+        fig = strategy_figure(best)
+        self.writer.add_figure(f"best/strategy{suffix}", fig, self.episode, close=True)
 
     def _log_heatmaps(self) -> None:
         if self.writer is None:
             return
         for model, history in self.history.items():
-            tag = "policy/heatmap" if len(self.history) == 1 else f"policy/heatmap_{model}"
+            tag = f"policy/heatmap_{model}" if self.per_model else "policy/heatmap"
             fig = heatmap_figure(self.unit_names[model], history)
             self.writer.add_figure(tag, fig, self.episode, close=True)
 
@@ -214,7 +225,7 @@ class SearchCallback(BaseCallback):
         """Save agent, replay buffer and search state (episode count, best) into the run dir."""
         self.model.save(self.run_dir / "agent.zip")
         self.model.save_replay_buffer(self.run_dir / "replay_buffer.pkl")
-        self._write_json("search_state.json", {"episode": self.episode, "best": self.best})
+        self._write_json("search_state.json", {"episode": self.episode, "bests": self.bests})
 
     def _on_training_end(self) -> None:
         self._log_heatmaps()

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from envs.baselines import uniform_for_target
 from envs.latency import LatencyConfig, compare_latency
-from envs.pruning import count_cost, save_pruned
+from envs.pruning import count_cost, load_pruned, save_pruned
 from envs.pruning_env import ChannelPruningEnv
 from models.data import DataSplits
+from models.errors import PruningError
 from models.training import evaluate, fine_tune
 
 
@@ -122,12 +124,24 @@ def save_deliverables(
     rows: list[ModelRow],
     strategy: Mapping[str, float],
     recipe: Mapping[str, Any],
+    suffix: str = "",
 ) -> Path:
-    """Save the agent's fine-tuned pruned model (``pruned_model.pt`` + ``.json`` recipe)."""
-    path = Path(run_dir) / "pruned_model.pt"
+    """Save the agent's fine-tuned pruned model (``pruned_model<suffix>.pt`` + ``.json``).
+
+    The saved file is reloaded at once and its outputs compared with the model's, so a run never
+    leaves a model file behind that does not rebuild.
+    """
+    path = Path(run_dir) / f"pruned_model{suffix}.pt"
     agent_row = next(r for r in rows if r.name == "agent")
     model = copy.deepcopy(agent_row.model).cpu()
     save_pruned(model, path, {**recipe, "strategy": dict(strategy)})
+    reloaded, _ = load_pruned(path)
+    x = torch.randn(4, *recipe["input_shape"])
+    with torch.no_grad():
+        if not torch.allclose(model.eval()(x), reloaded(x), atol=1e-5):
+            path.unlink()
+            path.with_suffix(".json").unlink(missing_ok=True)
+            raise PruningError(f"{path} did not reload to the same outputs; it was removed")
     return path
 
 
@@ -138,8 +152,9 @@ def write_report(
     rows: list[ModelRow],
     best: Mapping[str, Any],
     timings: Mapping[str, float],
+    suffix: str = "",
 ) -> Path:
-    """Write ``report.md``: settings, summary table, best strategy, time split."""
+    """Write ``report<suffix>.md``: settings, summary table, best strategy, time split."""
     from agents.callbacks import strategy_table
 
     lines = [f"# {title}", "", "## Settings", ""]
@@ -158,6 +173,6 @@ def write_report(
         "",
     ]
     lines += [f"- {k}: {v:.1f} s" for k, v in timings.items()]
-    path = Path(run_dir) / "report.md"
+    path = Path(run_dir) / f"report{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -46,9 +46,10 @@ class EpisodeLimit(BaseCallback):
 
 @dataclass
 class SearchResult:
-    """What a search produced: the best strategy's record, episodes run and seconds spent."""
+    """What a search produced: best record (of the first network; ``bests`` per network)."""
 
     best: dict[str, Any] | None
+    bests: dict[str, dict[str, Any]]
     episodes: int
     seconds: float
     interrupted: bool
@@ -72,6 +73,7 @@ def run_search(
     checkpoint_every: int = 25,
     figure_every: int = 50,
     progress: bool = True,
+    per_model: bool = False,
 ) -> SearchResult:
     """Let ``agent`` search for ``episodes`` episodes, logging into ``run_dir``.
 
@@ -91,6 +93,7 @@ def run_search(
         checkpoint_every: episodes between checkpoints.
         figure_every: episodes between heat-map figures.
         progress: show a progress bar.
+        per_model: several networks are searched (one best strategy each, see ``bests``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,7 @@ def run_search(
         figure_every=figure_every,
         state=resume_state,
         extra_best=extra_best,
+        per_model=per_model,
     )
     start_episode = search.episode
     limit = EpisodeLimit(search, episodes, progress)
@@ -124,6 +128,7 @@ def run_search(
         raise
     return SearchResult(
         best=search.best,
+        bests=search.bests,
         episodes=search.episode - start_episode,
         seconds=time.perf_counter() - start,
         interrupted=interrupted,

@@ -4,6 +4,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from fakes import MacsLatency
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -11,25 +12,9 @@ import envs
 from envs.baselines import uniform_for_target
 from envs.features import NUM_FEATURES
 from envs.latency import LatencyConfig
-from envs.pruning import count_cost
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import BudgetError, RlpruneError
 from models.training import TrainConfig, get_base_model
-
-
-class MacsLatency:
-    """Deterministic stand-in for the (noisy) measured latency: proportional to MACs."""
-
-    def __init__(self, reference: torch.nn.Module, input_shape) -> None:
-        self.example = torch.zeros(1, *input_shape)
-        self.base_macs = count_cost(reference, self.example)[0]
-
-    def profile(self, layer_names):
-        return {name: 1.0 for name in layer_names}, 0.5
-
-    def ratio(self, model):
-        ratio = count_cost(model, self.example)[0] / self.base_macs
-        return ratio, 10.0 * ratio
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from fakes import MacsLatency
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.ddpg import AgentConfig, load_agent, make_agent
@@ -22,7 +23,10 @@ def env(digits_splits, tmp_path_factory):
         cache_dir=str(tmp_path_factory.mktemp("cache")),
     )
     cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
-    return ChannelPruningEnv(model, digits_splits.train, digits_splits.reward_val, cfg)
+    latency = MacsLatency(model, digits_splits.input_shape)
+    return ChannelPruningEnv(
+        model, digits_splits.train, digits_splits.reward_val, cfg, latency=latency
+    )
 
 
 def _tags(run_dir):
@@ -36,7 +40,12 @@ def test_search_logs_checkpoints_and_resumes(env, tmp_path):
     config = AgentConfig(warmup_episodes=3, batch_size=8, seed=0)
     agent = make_agent(env, config, num_units=env.num_units)
     result = run_search(
-        agent, tmp_path, 6, max_units=env.num_units, hparams={"target": 0.5}, progress=False,
+        agent,
+        tmp_path,
+        6,
+        max_units=env.num_units,
+        hparams={"target": 0.5},
+        progress=False,
         figure_every=3,
     )
     assert result.episodes == 6 and not result.interrupted

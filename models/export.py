@@ -1,0 +1,276 @@
+"""Export a (pruned) model to TorchScript or ONNX, and prove the file computes the same outputs.
+
+Both exporters work on a CPU copy of the model in eval mode, so the files run anywhere and the
+source model is left as it was. After writing, each file is reloaded and run on a random batch of
+a different size than the example input (which also proves the batch axis is not baked in):
+
+- TorchScript: ``torch.jit.load`` outputs must match PyTorch's within ``atol=rtol=1e-5`` (same
+  kernels, so only summation-order noise is allowed).
+- ONNX: the graph must pass ``onnx.checker``; then outputs are compared within ``atol=rtol=1e-4``
+  (other kernels) using onnxruntime if installed, else ONNX's pure-Python reference evaluator
+  (``onnx.reference``). Only if neither can run the graph, the inferred output shape is checked.
+
+The ONNX file comes from the TorchScript-based exporter (``dynamo=False``): the newer
+``torch.export``-based default needs the ``onnxscript`` package. torch marks both ``torch.jit`` and
+that exporter as deprecated; their deprecation warnings are silenced here.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.errors import RlpruneError
+
+if TYPE_CHECKING:
+    import onnx
+
+TORCHSCRIPT_TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4
+CHECK_SEED = 0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported file and how its correctness was verified.
+
+    Attributes:
+        path: The written file.
+        check: What verified it: ``"torch.jit.load"``, ``"onnxruntime"`` or ``"onnx.reference"``
+            (outputs compared with PyTorch's), or ``"onnx.checker+shape"`` (graph valid and
+            output shape right, outputs not compared).
+        max_abs_diff: Largest absolute difference from PyTorch's outputs, None if not compared.
+        batch_size: Batch size of the random check input.
+    """
+
+    path: Path
+    check: str
+    max_abs_diff: float | None
+    batch_size: int
+
+    def describe(self) -> str:
+        """One line for humans: the file, the check and the largest difference."""
+        if self.max_abs_diff is None:
+            return f"{self.path}: {self.check} passed (outputs not compared: no ONNX runtime)"
+        return (
+            f"{self.path}: {self.check} outputs match PyTorch on a batch of {self.batch_size} "
+            f"(max abs diff {self.max_abs_diff:.2e})"
+        )
+
+
+def export_torchscript(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path
+) -> ExportResult:
+    """Traces ``model`` to TorchScript, saves it, reloads it and checks its outputs.
+
+    Args:
+        model: Classifier returning one tensor; not modified.
+        example_input: A batch the model accepts, ``[N, C, H, W]``.
+        path: Destination, conventionally ``*.ts`` or ``*.pt``.
+
+    Returns:
+        The file and its check (``"torch.jit.load"``).
+
+    Raises:
+        RlpruneError: Tracing fails, or the reloaded module's outputs differ from the model's.
+    """
+    path = Path(path)
+    source, example = _cpu_eval_copy(model, example_input)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet_deprecations(), torch.no_grad():
+            torch.jit.save(torch.jit.trace(source, example, check_trace=False), str(path))
+    except Exception as err:
+        raise RlpruneError(
+            f"TorchScript export of {path} failed ({type(err).__name__}: {_first_line(err)}); "
+            "torch.jit.trace cannot follow this model - try --format onnx"
+        ) from err
+    x = _check_batch(example)
+    with _quiet_deprecations():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        got = loaded(x)
+    return _compare(
+        "TorchScript", path, "torch.jit.load", got, _reference(source, x), x, TORCHSCRIPT_TOLERANCE
+    )
+
+
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int | None = None
+) -> ExportResult:
+    """Exports ``model`` to ONNX with a dynamic batch axis, validates the graph, checks outputs.
+
+    The graph has one input ``input`` ``[batch, C, H, W]`` and one output ``logits``
+    ``[batch, num_classes]``.
+
+    Args:
+        model: Classifier returning one tensor; not modified.
+        example_input: A batch the model accepts, ``[N, C, H, W]``.
+        path: Destination, conventionally ``*.onnx``.
+        opset: ONNX opset version; None uses torch's default.
+
+    Returns:
+        The file and its check (see :class:`ExportResult`).
+
+    Raises:
+        RlpruneError: ``onnx`` is not installed, the export or ``onnx.checker`` fails, or the
+            ONNX outputs differ from the model's.
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise RlpruneError("ONNX export needs the onnx package; pip install onnx") from err
+    path = Path(path)
+    source, example = _cpu_eval_copy(model, example_input)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet_deprecations(), torch.no_grad():
+            torch.onnx.export(
+                source,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        graph = onnx.load(str(path))
+        onnx.checker.check_model(graph, full_check=True)
+    except Exception as err:
+        raise RlpruneError(
+            f"ONNX export of {path} failed ({type(err).__name__}: {_first_line(err)}); try "
+            "another --opset, or --format torchscript"
+        ) from err
+
+    x = _check_batch(example)
+    expected = _reference(source, x)
+    run = _onnx_runner(graph, path)
+    if run is None:
+        return _check_onnx_shape(graph, path, expected, x)
+    name, run_graph = run
+    got = torch.from_numpy(np.asarray(run_graph(x.numpy())))
+    return _compare("ONNX", path, name, got, expected, x, ONNX_TOLERANCE)
+
+
+def _onnx_runner(
+    graph: onnx.ModelProto, path: Path
+) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
+    """(check name, function input array -> output array) of the best available ONNX runtime.
+
+    Returns None when no runtime can load the graph (e.g. an op the reference evaluator lacks).
+    """
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise RlpruneError(
+                f"ONNX export of {path}: onnxruntime cannot load the graph ({_first_line(err)}); "
+                "try another --opset"
+            ) from err
+        return "onnxruntime", lambda x: session.run(None, {"input": x})[0]
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        evaluator = ReferenceEvaluator(graph)
+    except Exception as err:  # an op without a reference implementation
+        warnings.warn(
+            f"onnx.reference cannot run {path} ({err}); checking shapes only", stacklevel=3
+        )
+        return None
+    return "onnx.reference", lambda x: evaluator.run(None, {"input": x})[0]
+
+
+def _check_onnx_shape(
+    graph: onnx.ModelProto, path: Path, expected: torch.Tensor, x: torch.Tensor
+) -> ExportResult:
+    """Checks the inferred output shape is ``[batch, *expected.shape[1:]]``."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+    except Exception as err:
+        raise RlpruneError(
+            f"ONNX export of {path}: shape inference fails ({_first_line(err)}); use another opset"
+        ) from err
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    want = ["batch", *expected.shape[1:]]
+    if shape != want:
+        raise RlpruneError(f"ONNX export of {path}: output shape {shape}, expected {want}")
+    return ExportResult(path, "onnx.checker+shape", None, len(x))
+
+
+def _compare(
+    fmt: str,
+    path: Path,
+    check: str,
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    x: torch.Tensor,
+    tolerance: float,
+) -> ExportResult:
+    if got.shape != expected.shape:
+        raise RlpruneError(
+            f"{fmt} export of {path}: output shape {tuple(got.shape)} on a batch of {len(x)}, "
+            f"PyTorch gives {tuple(expected.shape)}; the batch size is baked into the graph - "
+            "use x.flatten(1) or x.view(x.size(0), -1) instead of a fixed batch in forward()"
+        )
+    diff = (got.float() - expected.float()).abs().max().item()
+    if not torch.allclose(got.float(), expected.float(), atol=tolerance, rtol=tolerance):
+        raise RlpruneError(
+            f"{fmt} export of {path}: outputs differ from PyTorch's (max abs diff {diff:.3g} > "
+            f"tolerance {tolerance:g}, checked with {check}); the export baked in a shape- or "
+            "data-dependent branch of forward() - compute that branch with tensor ops"
+        )
+    return ExportResult(path, check, diff, len(x))
+
+
+def _cpu_eval_copy(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+        raise RlpruneError("example_input must be a batched tensor, e.g. torch.zeros(1, C, H, W)")
+    return copy.deepcopy(model).cpu().eval(), example_input.detach().cpu().float()
+
+
+def _check_batch(example: torch.Tensor) -> torch.Tensor:
+    """A seeded random batch two samples larger than the example's, same sample shape."""
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    return torch.randn(len(example) + 2, *example.shape[1:], generator=generator)
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    if not isinstance(out, torch.Tensor):
+        raise RlpruneError(
+            f"export expects a model returning one tensor, got {type(out).__name__}; wrap the "
+            "model so its forward returns the logits"
+        )
+    return out
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """Silences torch's deprecation notices of torch.jit and the TorchScript ONNX exporter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
+        yield

@@ -1,0 +1,162 @@
+"""Apply a trained rlprune agent to another network: zero-shot, or warm-starting a short search.
+
+    python scripts/apply_agent.py --agent runs/RUN/agent.zip --model resnet20
+    python scripts/apply_agent.py --agent runs/RUN/agent.zip --model mobilenet_v2 --episodes 50
+    python scripts/apply_agent.py --agent runs/RUN/agent.zip --model my_pkg.nets:build \\
+        --weights my_trained_weights.pt
+
+The agent's observation is architecture-agnostic, so the same agent proposes a per-unit strategy
+for a network it has never seen. The run directory gets the strategy, the pruned model, a report
+that compares it with uniform pruning at the same target, and TensorBoard logs of any search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import common
+import torch
+
+from agents.ddpg import load_agent
+from agents.finalize import compare_with_uniform, save_deliverables, summary_table, write_report
+from agents.search import run_search
+from agents.transfer import prepare_warm_start, rollout
+from agents.workload import build_workload, load_splits
+from models.data import list_datasets
+from models.errors import CheckpointError
+from models.training import resolve_device
+from models.zoo import build_model, list_models
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--agent", required=False, help="agent.zip of a train_agent.py run")
+    common.add_data_args(p)
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="trained state_dict (.pt) for --model, instead of the cached/trained base model",
+    )
+    common.add_env_args(p)
+    g = p.add_argument_group("agent")
+    g.add_argument(
+        "--episodes", type=int, default=0, help="warm-start search episodes (0: zero-shot only)"
+    )
+    g.add_argument("--noise-sigma", type=float, default=0.25, help="warm-start exploration sigma")
+    common.add_output_args(p)
+    return p.parse_args(argv)
+
+
+def load_weights(name: str, path: str, splits) -> torch.nn.Module:
+    """``name`` built for the dataset, with the state_dict saved at ``path``."""
+    model = build_model(name, splits.input_shape, splits.num_classes)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights file at {path}; check --weights") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read the file is the user's fix
+        raise CheckpointError(
+            f"cannot load {path} into {name} for {splits.name} ({type(exc).__name__}); pass a "
+            "state_dict saved from the same architecture and class count"
+        ) from None
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_models or args.list_datasets:
+        print("\n".join(list_models() if args.list_models else list_datasets()))
+        return 0
+    if not args.agent:
+        raise CheckpointError("--agent is required: the agent.zip of a train_agent.py run")
+    if not Path(args.agent).is_file():
+        raise CheckpointError(f"no agent file at {args.agent}; pass the agent.zip of a run")
+    settings = {k: v for k, v in vars(args).items() if not k.startswith("list_")}
+    progress = not args.no_progress
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    splits = load_splits(settings)
+    model = load_weights(args.model, args.weights, splits).to(device) if args.weights else None
+    work = build_workload(args.model, splits, settings, device, model=model, progress=progress)
+    env = work.env
+    agent = load_agent(args.agent, env)
+    timings["base model + environment"] = time.perf_counter() - t0
+    print(
+        f"{args.model} on {splits.name}: {env.num_units} prunable units, base accuracy "
+        f"{env.base_accuracy:.4f}, latency {env.base_latency_ms:.3f} ms; target {args.target} "
+        f"of {args.cost}"
+    )
+    name = f"apply_{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
+    run_dir = common.new_run_dir(args.output_dir, args.name or name)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+
+    t0 = time.perf_counter()
+    best = {**rollout(agent, env, seed=args.seed), "episode": 0}
+    timings["zero-shot episode"] = time.perf_counter() - t0
+    print(
+        f"zero-shot: reward-split accuracy {best['accuracy']:.4f}, latency ratio "
+        f"{best['latency_ratio']:.3f}, MACs ratio {best['macs_ratio']:.3f}"
+    )
+    (run_dir / "zero_shot_strategy.json").write_text(json.dumps(best, indent=2, default=str))
+    if args.episodes > 0:
+        t0 = time.perf_counter()
+        prepare_warm_start(agent, noise_sigma=args.noise_sigma, seed=args.seed)
+        result = run_search(
+            agent,
+            run_dir,
+            args.episodes,
+            max_units=env.num_units,
+            hparams=settings,
+            extra_best={"target": args.target, "cost": args.cost},
+            progress=progress,
+        )
+        timings["warm-start search"] = time.perf_counter() - t0
+        if result.best is not None and result.best["reward"] > best["reward"]:
+            best = result.best
+        print(f"warm-start: {result.episodes} episodes, best reward {best['reward']:.4f}")
+    (run_dir / "best_strategy.json").write_text(json.dumps(best, indent=2, default=str))
+
+    t0 = time.perf_counter()
+    rows = compare_with_uniform(
+        env,
+        best["strategy"],
+        splits,
+        fine_tune_epochs=args.fine_tune_epochs,
+        seed=args.seed,
+        progress=progress,
+    )
+    timings["fine-tune + evaluation"] = time.perf_counter() - t0
+    recipe = {
+        "model": args.model,
+        "dataset": splits.name,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "importance": args.importance,
+        "round_to": args.round_to,
+        "agent": str(args.agent),
+    }
+    path = save_deliverables(run_dir, rows, best["strategy"], recipe)
+    title = f"rlprune agent {args.agent} applied to {args.model} on {splits.name}"
+    report = write_report(run_dir, title, settings, rows, best, timings)
+    print(
+        f"{summary_table(rows)}\n\nrun directory: {run_dir}\n  pruned model: {path}\n"
+        f"  report: {report}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    common.run_cli(main)

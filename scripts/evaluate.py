@@ -1,0 +1,286 @@
+"""Compare a saved pruned model with its original: accuracy, measured latency, MACs, params, size.
+
+The pruned model is rebuilt from its file alone (``load_pruned``); the original is the trained base
+model of the same architecture and dataset from the base-model cache (``get_base_model``). Latency
+is timed with both models interleaved, best of several passes, so both see the same machine load.
+
+    python scripts/evaluate.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt
+    python scripts/evaluate.py pruned.pt --device cpu --threads 1 --latency-batch-size 1
+    python scripts/evaluate.py pruned.pt --json eval.json --train-original --base-epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import models  # noqa: F401 (installed with `pip install -e .`)
+except ImportError:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import nn
+
+from envs.latency import LatencyConfig, LatencyStats, compare_latency
+from envs.pruning import count_cost, load_pruned
+from models.data import DataSplits, default_cache_dir, load_dataset
+from models.errors import DatasetError, RlpruneError
+from models.training import TrainConfig, _cache_key, evaluate, get_base_model, resolve_device
+
+DATASET_OPTIONS = {"seed": ("seed", int), "max": ("max_samples", int), "size": ("image_size", int)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("pruned_model", type=Path, help="a .pt file written by save_pruned()")
+    g = p.add_argument_group("data and original model")
+    g.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset to evaluate on (default: the recipe's, e.g. digits)",
+    )
+    g.add_argument("--data-dir", default=None, help="where torchvision datasets live")
+    g.add_argument("--download", action="store_true", help="download a missing dataset")
+    g.add_argument(
+        "--cache-dir", default=None, help="base-model cache (default $RLPRUNE_CACHE or ~/.cache)"
+    )
+    g.add_argument("--no-original", action="store_true", help="evaluate the pruned model only")
+    g.add_argument(
+        "--train-original",
+        action="store_true",
+        help="train the original model if it is not in the cache (with --base-epochs/--base-seed)",
+    )
+    g.add_argument(
+        "--base-epochs",
+        type=int,
+        default=None,
+        help="pick (or train) the cached original trained this many epochs (default: newest)",
+    )
+    g.add_argument(
+        "--base-seed", type=int, default=None, help="pick (or train) the original of this seed"
+    )
+    g = p.add_argument_group("measurement")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--latency-batch-size", type=int, default=16, help="images per timed forward")
+    g.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
+    g.add_argument("--passes", type=int, default=5, help="interleaved passes; the best is kept")
+    g.add_argument("--repeats", type=int, default=20, help="timed forwards per pass")
+    g.add_argument("--warmup", type=int, default=3, help="untimed forwards per pass")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
+    return p.parse_args(argv)
+
+
+def load_splits(described: str, data_dir: str | None, download: bool) -> DataSplits:
+    """Loads a dataset from its described name (``DataSplits.name``, e.g. ``mnist5k@seed=1``).
+
+    Raises:
+        DatasetError: Unknown dataset or option.
+    """
+    name, _, options = described.rpartition("@") if "@" in described else (described, "", "")
+    kwargs = {}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in DATASET_OPTIONS or not value.lstrip("-").isdigit():
+            raise DatasetError(
+                f"dataset '{described}': bad option '{option}'; options are "
+                f"{', '.join(k + '=N' for k in DATASET_OPTIONS)}, e.g. mnist5k@seed=1,max=1000"
+            )
+        kwargs[DATASET_OPTIONS[key][0]] = DATASET_OPTIONS[key][1](value)
+    return load_dataset(name, data_dir=data_dir, download=download, **kwargs)
+
+
+def find_base_config(
+    model_name: str,
+    splits: DataSplits,
+    cache_dir: str | None,
+    epochs: int | None = None,
+    seed: int | None = None,
+) -> tuple[TrainConfig, Path] | None:
+    """The training settings of a cached original of ``model_name`` on ``splits``, if any.
+
+    Scans ``<cache>/base_models`` for checkpoints whose cache key is exactly the one
+    :func:`get_base_model` computes for these splits and their stored settings, so
+    :func:`get_base_model` with the returned config loads that file instead of training.
+    Among several, those matching ``epochs`` / ``seed`` are kept, then the newest wins.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    found = []
+    for path in (root / "base_models").glob("*.pt"):
+        try:
+            key = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["key"]
+            config = TrainConfig(**key["config"], progress=False)
+        except Exception:  # unreadable or foreign file: not a candidate
+            continue
+        wanted = (epochs is None or config.epochs == epochs) and (
+            seed is None or config.seed == seed
+        )
+        if wanted and key == _cache_key(model_name, splits, config):
+            found.append((path.stat().st_mtime, config, path))
+    if not found:
+        return None
+    _, config, path = max(found, key=lambda item: item[0])
+    return config, path
+
+
+def file_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``model``'s state_dict saved with ``torch.save``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        return path.stat().st_size
+
+
+def measure(
+    model: nn.Module, splits: DataSplits, latency: LatencyStats, size: int, device: torch.device
+) -> dict[str, float]:
+    """The row of numbers reported for one model."""
+    macs, params = count_cost(model, torch.zeros(1, *splits.input_shape, device=device))
+    return {
+        "test_acc": evaluate(model, splits.test, device),
+        "latency_median_ms": latency.median_ms,
+        "latency_p25_ms": latency.p25_ms,
+        "latency_p75_ms": latency.p75_ms,
+        "latency_spread": latency.spread,
+        "macs": macs,
+        "params": params,
+        "file_bytes": size,
+    }
+
+
+def table(rows: dict[str, dict[str, float]], batch_size: int) -> str:
+    """Side-by-side text table of the measured rows (original first when present)."""
+    metrics = [
+        ("test accuracy", lambda r: f"{100 * r['test_acc']:.2f}%", "test_acc"),
+        (
+            f"latency, batch {batch_size} (ms)",
+            lambda r: f"{r['latency_median_ms']:.3f} +-{100 * r['latency_spread']:.0f}%",
+            "latency_median_ms",
+        ),
+        ("MACs per image (M)", lambda r: f"{r['macs'] / 1e6:.3f}", "macs"),
+        ("params (M)", lambda r: f"{r['params'] / 1e6:.4f}", "params"),
+        ("file size (MB)", lambda r: f"{r['file_bytes'] / 2**20:.3f}", "file_bytes"),
+    ]
+    names = list(rows)
+    header = ["", *names] + (["pruned / original"] if "original" in rows else [])
+    lines = [header]
+    for label, fmt, key in metrics:
+        line = [label, *(fmt(rows[n]) for n in names)]
+        if "original" in rows:
+            base = rows["original"][key]
+            line.append(f"{rows['pruned'][key] / base:.3f}" if base else "-")
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    ]
+    return "\n".join(text)
+
+
+def load_original(
+    model_name: str, splits: DataSplits, args: argparse.Namespace, device: torch.device
+) -> nn.Module | None:
+    """The cached trained original (trained now with ``--train-original``), else None."""
+    found = find_base_config(model_name, splits, args.cache_dir, args.base_epochs, args.base_seed)
+    if found is not None:
+        config, path = found
+        print(f"original: cached base model {path} ({config.epochs} epochs, seed {config.seed})")
+    elif args.train_original:
+        defaults = TrainConfig()
+        config = TrainConfig(
+            epochs=args.base_epochs if args.base_epochs is not None else defaults.epochs,
+            seed=args.base_seed if args.base_seed is not None else defaults.seed,
+        )
+        print(f"original: not in the cache; training {model_name} for {config.epochs} epochs")
+    else:
+        print(
+            f"original: no cached base model of {model_name} on {splits.name} in "
+            f"{args.cache_dir or default_cache_dir()}; showing the pruned model only (pass "
+            "--train-original to train it, or --cache-dir where it was trained)"
+        )
+        return None
+    model, _ = get_base_model(
+        model_name, splits, config=config, device=device, cache_dir=args.cache_dir
+    )
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    pruned, meta = load_pruned(args.pruned_model, device)
+    recipe = meta["recipe"]
+    dataset = args.dataset or recipe.get("dataset")
+    if not dataset:
+        raise DatasetError(f"{args.pruned_model}: the recipe names no dataset; pass --dataset NAME")
+    splits = load_splits(dataset, args.data_dir, args.download)
+    if list(splits.input_shape) != list(recipe["input_shape"]):
+        raise DatasetError(
+            f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
+            f"for {recipe['input_shape']}; pass the --dataset it was trained on"
+        )
+    print(f"pruned model: {args.pruned_model} ({recipe['model']}, dataset {splits.name})")
+    if "fine_tuned_epochs" in recipe:
+        print(f"  fine-tuned for {recipe['fine_tuned_epochs']} epoch(s)")
+
+    nets = {}
+    if not args.no_original:
+        original = load_original(recipe["model"], splits, args, device)
+        if original is not None:
+            nets["original"] = original
+    nets["pruned"] = pruned
+
+    latency_cfg = LatencyConfig(
+        device=str(device),
+        batch_size=args.latency_batch_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    latency = compare_latency(nets, splits.input_shape, latency_cfg, passes=args.passes)
+    sizes = {"pruned": args.pruned_model.stat().st_size}
+    if "original" in nets:
+        sizes["original"] = file_bytes(nets["original"])
+    rows = {n: measure(m, splits, latency[n], sizes[n], device) for n, m in nets.items()}
+    print(table(rows, args.latency_batch_size))
+    print(
+        f"latency: median of {args.repeats} forwards, best of {args.passes} interleaved passes, "
+        f"{device}, {args.threads} thread(s); +- is the interquartile range / median"
+    )
+    if args.json:
+        report = {
+            "pruned_model": str(args.pruned_model),
+            "model": recipe["model"],
+            "dataset": splits.name,
+            "device": str(device),
+            "latency": {
+                "batch_size": args.latency_batch_size,
+                "threads": args.threads,
+                "passes": args.passes,
+                "repeats": args.repeats,
+            },
+            "pruned": rows["pruned"],
+            "original": rows.get("original"),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RlpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

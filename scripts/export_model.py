@@ -1,0 +1,64 @@
+"""Export a saved pruned model to TorchScript and/or ONNX, checking each file's outputs.
+
+Each file is reloaded and run on a random batch; its outputs must match the PyTorch model's (see
+``models.export`` for the tolerances and which ONNX runtime is used).
+
+    python scripts/export_model.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt
+    python scripts/export_model.py pruned.pt --format onnx --opset 17 --output-dir deploy/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import models  # noqa: F401 (installed with `pip install -e .`)
+except ImportError:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from envs.pruning import load_pruned
+from models.errors import RlpruneError
+from models.export import export_onnx, export_torchscript
+
+FORMATS = {"torchscript": ("torchscript",), "onnx": ("onnx",), "both": ("torchscript", "onnx")}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("pruned_model", type=Path, help="a .pt file written by save_pruned()")
+    p.add_argument("--format", choices=list(FORMATS), default="both", help="what to write")
+    p.add_argument(
+        "--output-dir", type=Path, default=None, help="where to write (default: beside the input)"
+    )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, meta = load_pruned(args.pruned_model, "cpu")
+    example = torch.zeros(1, *meta["recipe"]["input_shape"])
+    out_dir = args.output_dir or args.pruned_model.parent
+    stem = args.pruned_model.stem
+    for fmt in FORMATS[args.format]:
+        if fmt == "torchscript":
+            result = export_torchscript(model, example, out_dir / f"{stem}.ts")
+        else:
+            result = export_onnx(model, example, out_dir / f"{stem}.onnx", opset=args.opset)
+        print(f"{fmt}: {result.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RlpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,118 @@
+"""Fine-tune a saved pruned model on its training data and save it beside the input.
+
+Reports test accuracy before and after; the result keeps the input's recipe, with
+``fine_tuned_epochs`` counting every fine-tuning epoch so far, and loads with ``load_pruned``.
+
+    python scripts/fine_tune.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt --epochs 5
+    python scripts/fine_tune.py pruned.pt --epochs 2 --lr 0.005 --output pruned_ft2.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import models  # noqa: F401 (installed with `pip install -e .`)
+except ImportError:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs.pruning import load_pruned, save_pruned
+from models.data import DataSplits, load_dataset
+from models.errors import DatasetError, RlpruneError
+from models.training import evaluate, fine_tune, resolve_device
+
+DATASET_OPTIONS = {"seed": ("seed", int), "max": ("max_samples", int), "size": ("image_size", int)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("pruned_model", type=Path, help="a .pt file written by save_pruned()")
+    p.add_argument("--epochs", type=int, required=True, help="passes over the train split")
+    p.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate (cosine decay)")
+    p.add_argument(
+        "--dataset", default=None, help="dataset to train on (default: the recipe's, e.g. digits)"
+    )
+    p.add_argument("--data-dir", default=None, help="where torchvision datasets live")
+    p.add_argument("--download", action="store_true", help="download a missing dataset")
+    p.add_argument(
+        "--output", type=Path, default=None, help="where to save (default: <input stem>_ft.pt)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p.parse_args(argv)
+
+
+def load_splits(described: str, data_dir: str | None, download: bool) -> DataSplits:
+    """Loads a dataset from its described name (``DataSplits.name``, e.g. ``mnist5k@seed=1``).
+
+    Raises:
+        DatasetError: Unknown dataset or option.
+    """
+    name, _, options = described.rpartition("@") if "@" in described else (described, "", "")
+    kwargs = {}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in DATASET_OPTIONS or not value.lstrip("-").isdigit():
+            raise DatasetError(
+                f"dataset '{described}': bad option '{option}'; options are "
+                f"{', '.join(k + '=N' for k in DATASET_OPTIONS)}, e.g. mnist5k@seed=1,max=1000"
+            )
+        kwargs[DATASET_OPTIONS[key][0]] = DATASET_OPTIONS[key][1](value)
+    return load_dataset(name, data_dir=data_dir, download=download, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.epochs < 1:
+        raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
+    output = args.output or args.pruned_model.with_name(f"{args.pruned_model.stem}_ft.pt")
+    device = resolve_device(args.device)
+    model, meta = load_pruned(args.pruned_model, device)
+    recipe = meta["recipe"]
+    dataset = args.dataset or recipe.get("dataset")
+    if not dataset:
+        raise DatasetError(f"{args.pruned_model}: the recipe names no dataset; pass --dataset NAME")
+    splits = load_splits(dataset, args.data_dir, args.download)
+    if list(splits.input_shape) != list(recipe["input_shape"]):
+        raise DatasetError(
+            f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
+            f"for {recipe['input_shape']}; pass the --dataset it was trained on"
+        )
+
+    before = evaluate(model, splits.test, device)
+    print(f"{args.pruned_model} ({recipe['model']}, {splits.name}): test accuracy {before:.4f}")
+    history = fine_tune(
+        model,
+        splits.train,
+        args.epochs,
+        lr=args.lr,
+        device=device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        eval_set=splits.reward_val,
+    )
+    after = evaluate(model, splits.test, device)
+    for record in history:
+        print(
+            f"  epoch {record['epoch']}: loss {record['loss']:.4f}, "
+            f"reward-split accuracy {record['eval_acc']:.4f}"
+        )
+    print(f"after {args.epochs} epoch(s): test accuracy {after:.4f} ({after - before:+.4f})")
+    epochs_so_far = int(recipe.get("fine_tuned_epochs", 0)) + args.epochs
+    save_pruned(model, output, {**recipe, "fine_tuned_epochs": epochs_so_far})
+    print(f"saved {output} (and {output.with_suffix('.json')})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RlpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

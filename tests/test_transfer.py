@@ -1,0 +1,75 @@
+"""Reuse of a trained agent on architectures it never saw, and multi-network training."""
+
+import pytest
+import torch
+from fakes import MacsLatency
+
+from agents.ddpg import AgentConfig, make_agent
+from agents.search import run_search
+from agents.transfer import MultiModelEnv, prepare_warm_start, rollout
+from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
+from models.training import TrainConfig, get_base_model
+
+TARGET = 0.5
+
+
+@pytest.fixture(scope="module")
+def make_env(digits_splits, tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))
+
+    def build(name: str) -> ChannelPruningEnv:
+        model, _ = get_base_model(
+            name, digits_splits, config=TrainConfig(epochs=1, progress=False), cache_dir=cache
+        )
+        cfg = PruningEnvConfig(cost="macs", target=TARGET, bn_batches=2)
+        latency = MacsLatency(model, digits_splits.input_shape)
+        return ChannelPruningEnv(
+            model,
+            digits_splits.train,
+            digits_splits.reward_val,
+            cfg,
+            model_name=name,
+            latency=latency,
+        )
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def trained_agent(make_env, tmp_path_factory):
+    env = make_env("vgg_small")
+    agent = make_agent(env, AgentConfig(warmup_episodes=3, batch_size=8), num_units=env.num_units)
+    run_search(agent, tmp_path_factory.mktemp("run"), 6, max_units=env.num_units, progress=False)
+    return agent
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_small"])
+def test_agent_proposes_valid_strategies_for_unseen_families(trained_agent, make_env, name):
+    env = make_env(name)
+    info = rollout(trained_agent, env)
+    assert set(info["strategy"]) == {u.name for u in env.units}
+    assert info["macs_ratio"] <= TARGET * 1.05
+    pruned = env.prune(info["strategy"])
+    out = pruned(torch.zeros(2, *env.input_shape))
+    assert out.shape == (2, 10)
+    assert rollout(trained_agent, env)["strategy"] == info["strategy"]  # deterministic policy
+
+
+def test_warm_start_search_runs_on_the_new_network(trained_agent, make_env, tmp_path):
+    env = make_env("resnet20")
+    trained_agent.set_env(env)
+    prepare_warm_start(trained_agent)
+    result = run_search(trained_agent, tmp_path, 3, max_units=env.num_units, progress=False)
+    assert result.episodes == 3
+    assert result.best["macs_ratio"] <= TARGET * 1.05
+    assert (tmp_path / "best_strategy.json").is_file()
+
+
+def test_multi_model_env_alternates_networks(make_env, tmp_path):
+    envs = [make_env("vgg_small"), make_env("resnet20")]
+    multi = MultiModelEnv(envs)
+    agent = make_agent(multi, AgentConfig(warmup_episodes=2, batch_size=8), num_units=12)
+    result = run_search(agent, tmp_path, 4, max_units=12, progress=False, per_model=True)
+    assert set(result.bests) == {"vgg_small", "resnet20"}
+    assert (tmp_path / "best_strategy_vgg_small.json").is_file()
+    assert (tmp_path / "best_strategy_resnet20.json").is_file()
