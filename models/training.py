@@ -117,53 +117,78 @@ def train_model(
         steps -= 1
     if steps == 0:
         raise RlpruneError(f"cannot train on {len(y)} image(s); the train split is too small")
-    model.to(device)
+    # channels_last makes oneDNN convolutions ~1.3x faster on CPU; restored for the callers.
+    model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
+    total = max(1, config.epochs * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, config.epochs * steps)))
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
     )
     history: list[dict] = []
     start = time.perf_counter()
-    with (
-        torch.random.fork_rng(devices=_cuda_devices(device)),
-        tqdm(total=config.epochs * steps, desc=desc, disable=not config.progress) as bar,
-    ):
-        torch.manual_seed(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)
-        for epoch in range(config.epochs):
-            model.train()
-            order = torch.randperm(len(y), generator=generator)
-            total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-            for step in range(steps):
-                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-                inputs, labels = x[idx].to(device), y[idx].to(device)
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total_loss += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == labels).sum()
-                bar.update()
-            seen = min(steps * config.batch_size, len(y))
-            record = {
-                "epoch": epoch + 1,
-                "loss": total_loss.item() / seen,
-                "train_acc": correct.item() / seen,
-                "eval_acc": evaluate(model, eval_set, device) if eval_set is not None else None,
-                "lr": schedule.get_last_lr()[0],
-                "time_s": time.perf_counter() - start,
-            }
-            if not math.isfinite(record["loss"]):
-                raise RlpruneError(
-                    f"training diverged ({desc}: loss {record['loss']} at epoch {epoch + 1}); "
-                    f"lower the learning rate (now {config.lr})"
+    try:
+        with (
+            torch.random.fork_rng(devices=_cuda_devices(device)),
+            tqdm(total=config.epochs * steps, desc=desc, disable=not config.progress) as bar,
+        ):
+            torch.manual_seed(config.seed)
+            generator = torch.Generator().manual_seed(config.seed)
+            for epoch in range(1, config.epochs + 1):
+                batches = torch.randperm(len(y), generator=generator)[: steps * config.batch_size]
+                loss, acc = _train_epoch(
+                    model, x, y, batches.split(config.batch_size), optimizer, schedule, device, bar
                 )
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+                if not math.isfinite(loss):
+                    raise RlpruneError(
+                        f"training diverged ({desc}: loss {loss} at epoch {epoch}); "
+                        f"lower the learning rate (now {config.lr})"
+                    )
+                eval_acc = evaluate(model, eval_set, device) if eval_set is not None else None
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "loss": loss,
+                        "train_acc": acc,
+                        "eval_acc": eval_acc,
+                        "lr": schedule.get_last_lr()[0],
+                        "time_s": time.perf_counter() - start,
+                    }
+                )
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: tuple[torch.Tensor, ...],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device | str,
+    bar: tqdm,
+) -> tuple[float, float]:
+    """One pass over ``batches`` (index tensors); returns mean loss and accuracy in [0, 1]."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    for idx in batches:
+        inputs = x[idx].to(device, memory_format=torch.channels_last)
+        labels = y[idx].to(device)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total_loss += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == labels).sum()
+        bar.update()
+    seen = sum(len(idx) for idx in batches)
+    return total_loss.item() / seen, correct.item() / seen
 
 
 def fine_tune(

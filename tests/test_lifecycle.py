@@ -115,9 +115,14 @@ def test_evaluate_compares_pruned_with_cached_original(saved, tmp_path):
     report = json.loads(out.read_text())
     original, pruned = report["original"], report["pruned"]
     assert report["model"] == "vgg_small" and report["dataset"] == "digits"
-    # the fresh process rebuilt the very same networks
-    assert pruned["test_acc"] == evaluate(saved.pruned, saved.splits.test)
-    assert original["test_acc"] == evaluate(saved.base, saved.splits.test)
+    # the fresh process rebuilt the very same networks (other thread counts may flip one tie)
+    one_image = 1 / len(saved.splits.test)
+    assert pruned["test_acc"] == pytest.approx(
+        evaluate(saved.pruned, saved.splits.test), abs=one_image
+    )
+    assert original["test_acc"] == pytest.approx(
+        evaluate(saved.base, saved.splits.test), abs=one_image
+    )
     assert original["test_acc"] > 0.5
     example = torch.zeros(1, *saved.splits.input_shape)
     assert (pruned["macs"], pruned["params"]) == count_cost(saved.pruned, example)

@@ -1,0 +1,114 @@
+"""Fast end-to-end runs of the search scripts in fresh processes, and their error messages."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--fine-tune-epochs", "1",
+    "--bn-batches", "2", "--latency-repeats", "5", "--no-progress",
+]  # fmt: skip
+
+
+def run(script: str, *args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLPRUNE_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cache = tmp_path_factory.mktemp("cache")
+    proc = run(
+        "train_agent.py",
+        *TINY,
+        "--episodes",
+        "4",
+        "--warmup",
+        "2",
+        "--output-dir",
+        str(out),
+        cache=cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out / "vgg_small_digits_macs0.5_s0", proc.stdout, cache
+
+
+def test_train_agent_end_to_end(trained_run):
+    run_dir, stdout, _ = trained_run
+    for name in (
+        "agent.zip",
+        "replay_buffer.pkl",
+        "best_strategy.json",
+        "pruned_model.pt",
+        "pruned_model.json",
+        "report.md",
+        "config.json",
+        "episodes.csv",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "| agent |" in stdout and "| uniform |" in stdout and "episodes/s" in stdout
+    best = json.loads((run_dir / "best_strategy.json").read_text())
+    assert best["macs_ratio"] <= 0.5 * 1.05
+    report = (run_dir / "report.md").read_text()
+    assert "| original |" in report and "Best strategy" in report
+
+
+def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
+    run_dir, _, cache = trained_run
+    proc = run(
+        "apply_agent.py",
+        "--agent",
+        str(run_dir / "agent.zip"),
+        "--model",
+        "resnet20",
+        *TINY,
+        "--episodes",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        cache=cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "zero-shot:" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
+    out = tmp_path / "apply_resnet20_digits_macs0.5_s0"
+    assert (out / "pruned_model.pt").is_file() and (out / "zero_shot_strategy.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("train_agent.py", ["--model", "resnt20"], "did you mean 'resnet20'"),
+        ("train_agent.py", ["--target", "0.01"], "unreachable"),
+        ("train_agent.py", ["--resume", "/nonexistent/run"], "no config.json"),
+        ("apply_agent.py", ["--agent", "/nonexistent/agent.zip"], "no agent file"),
+    ],
+)
+def test_bad_input_gives_one_line_error(script, args, message, tmp_path):
+    proc = run(
+        script,
+        *TINY,
+        "--episodes",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        *args,
+        cache=tmp_path / "cache",
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
