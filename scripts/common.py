@@ -13,8 +13,12 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.rewards import REWARDS  # noqa: E402
-from models.errors import RlpruneError  # noqa: E402
+from models.data import DataSplits, load_dataset  # noqa: E402
+from models.errors import DatasetError, RlpruneError  # noqa: E402
 from models.zoo import DEFAULT_MODEL  # noqa: E402
+
+#: Options a described dataset name (``DataSplits.name``, e.g. ``mnist5k@seed=1,max=1000``) holds.
+DATASET_OPTIONS = {"seed": ("seed", int), "max": ("max_samples", int), "size": ("image_size", int)}
 
 
 def add_data_args(p: argparse.ArgumentParser, model_help: str | None = None) -> None:
@@ -91,6 +95,27 @@ def new_run_dir(output_dir: str, name: str) -> Path:
         i += 1
         path = base.with_name(f"{base.name}-{i}")
     return path
+
+
+def load_described(described: str, data_dir: str | None, download: bool) -> DataSplits:
+    """Loads a dataset from its described name (``DataSplits.name``, e.g. ``mnist5k@seed=1``).
+
+    A saved pruned model's recipe names its dataset this way.
+
+    Raises:
+        DatasetError: Unknown dataset or option.
+    """
+    name, _, options = described.rpartition("@") if "@" in described else (described, "", "")
+    kwargs = {}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in DATASET_OPTIONS or not value.lstrip("-").isdigit():
+            raise DatasetError(
+                f"dataset '{described}': bad option '{option}'; options are "
+                f"{', '.join(k + '=N' for k in DATASET_OPTIONS)}, e.g. mnist5k@seed=1,max=1000"
+            )
+        kwargs[DATASET_OPTIONS[key][0]] = DATASET_OPTIONS[key][1](value)
+    return load_dataset(name, data_dir=data_dir, download=download, **kwargs)
 
 
 def run_cli(main: Callable[[], int]) -> None:

@@ -10,18 +10,12 @@ Each file is reloaded and run on a random batch; its outputs must match the PyTo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-try:
-    import models  # noqa: F401 (installed with `pip install -e .`)
-except ImportError:  # run from a plain checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+import common
 import torch
 
 from envs.pruning import load_pruned
-from models.errors import RlpruneError
 from models.export import export_onnx, export_torchscript
 
 FORMATS = {"torchscript": ("torchscript",), "onnx": ("onnx",), "both": ("torchscript", "onnx")}
@@ -57,8 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RlpruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    common.run_cli(main)

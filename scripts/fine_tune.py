@@ -10,20 +10,13 @@ Reports test accuracy before and after; the result keeps the input's recipe, wit
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-try:
-    import models  # noqa: F401 (installed with `pip install -e .`)
-except ImportError:  # run from a plain checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
 
 from envs.pruning import load_pruned, save_pruned
-from models.data import DataSplits, load_dataset
 from models.errors import DatasetError, RlpruneError
 from models.training import evaluate, fine_tune, resolve_device
-
-DATASET_OPTIONS = {"seed": ("seed", int), "max": ("max_samples", int), "size": ("image_size", int)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,25 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_splits(described: str, data_dir: str | None, download: bool) -> DataSplits:
-    """Loads a dataset from its described name (``DataSplits.name``, e.g. ``mnist5k@seed=1``).
-
-    Raises:
-        DatasetError: Unknown dataset or option.
-    """
-    name, _, options = described.rpartition("@") if "@" in described else (described, "", "")
-    kwargs = {}
-    for option in filter(None, options.split(",")):
-        key, _, value = option.partition("=")
-        if key not in DATASET_OPTIONS or not value.lstrip("-").isdigit():
-            raise DatasetError(
-                f"dataset '{described}': bad option '{option}'; options are "
-                f"{', '.join(k + '=N' for k in DATASET_OPTIONS)}, e.g. mnist5k@seed=1,max=1000"
-            )
-        kwargs[DATASET_OPTIONS[key][0]] = DATASET_OPTIONS[key][1](value)
-    return load_dataset(name, data_dir=data_dir, download=download, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.epochs < 1:
@@ -78,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or recipe.get("dataset")
     if not dataset:
         raise DatasetError(f"{args.pruned_model}: the recipe names no dataset; pass --dataset NAME")
-    splits = load_splits(dataset, args.data_dir, args.download)
+    splits = common.load_described(dataset, args.data_dir, args.download)
     if list(splits.input_shape) != list(recipe["input_shape"]):
         raise DatasetError(
             f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
@@ -111,8 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RlpruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    common.run_cli(main)

@@ -29,6 +29,7 @@ from models.training import TrainConfig, evaluate, get_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared `common` module
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def test_evaluate_without_cached_original_shows_pruned_only(saved, tmp_path, cap
     assert report["original"] is None
     assert report["pruned"]["test_acc"] == evaluate(saved.pruned, saved.splits.test)
 
-    load_splits = evaluate_script["load_splits"]
+    load_splits = evaluate_script["common"].load_described
     assert load_splits("digits@seed=1", None, False).name == "digits@seed=1"
     with pytest.raises(DatasetError, match="bad option 'colour=3'"):
         load_splits("digits@colour=3", None, False)
