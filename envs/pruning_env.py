@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,8 @@ from envs.units import estimate_cost
 from models.errors import PruningError, RlpruneError
 from models.training import evaluate
 
-#: Weight of the newest episode in the moving average of measured / estimated latency.
-_CALIBRATION_EMA = 0.2
+#: Episodes whose measured / estimated latency ratios calibrate the action wall (median).
+_CALIBRATION_WINDOW = 25
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class PruningEnvConfig:
         eval_batch_size: images per batch when evaluating the reward split.
         latency: how latency is timed (device, batch size, repeats, threads).
         calibrate: correct the per-layer latency estimate of the action wall with the measured
-            latency of every episode (exponential moving average of measured / estimated).
+            latency of recent episodes (median of measured / estimated over a window, robust to
+            a noisy measurement).
     """
 
     target: float = 0.5
@@ -185,13 +187,17 @@ class ChannelPruningEnv(gym.Env):
         shares = zip(self.units, self.latency_share, strict=True)
         self.latency_shares = {u.name: float(s) for u, s in shares}
         self.calibration = 1.0
+        self._calibration_samples: collections.deque[float] = collections.deque(
+            maxlen=_CALIBRATION_WINDOW
+        )
 
         max_strategy = {u.name: self.config.max_ratio for u in self.units}
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
         if self.config.cost == "latency" and self.config.calibrate:
             est = self.latency_estimate(self.pruner.keep_fractions(max_strategy))
-            self.calibration = self.max_pruned["latency_ratio"] / max(est, 1e-9)
+            self._calibration_samples.append(self.max_pruned["latency_ratio"] / max(est, 1e-9))
+            self.calibration = self._calibration_samples[0]
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), dtype=np.float32)
@@ -286,7 +292,8 @@ class ChannelPruningEnv(gym.Env):
             measured_over_est = result["latency_ratio"] / max(
                 self.latency_estimate(self._keep), 1e-9
             )
-            self.calibration += _CALIBRATION_EMA * (measured_over_est - self.calibration)
+            self._calibration_samples.append(measured_over_est)
+            self.calibration = float(np.median(self._calibration_samples))
         info.update(result, model=self.model_name, latency_shares=self.latency_shares)
         obs = np.zeros(NUM_FEATURES, dtype=np.float32)
         obs[0] = 1.0
