@@ -12,7 +12,10 @@ import difflib
 import importlib
 import inspect
 import math
+import os
+import sys
 from collections.abc import Callable
+from types import ModuleType
 
 import torchvision
 from torch import Tensor, nn
@@ -77,7 +80,8 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     Args:
         name: A small architecture (``vgg_small``, ``resnet20``, ...), a torchvision
             classification model name (``resnet18``, ``vit_b_16``, ...), or a user model as
-            ``package.module:callable``.
+            ``package.module:callable`` (importable from ``sys.path`` or the current directory;
+            called with ``in_channels`` and ``num_classes`` if it accepts them).
         input_shape: The dataset's (channels, height, width) of one image.
         num_classes: Number of output logits.
 
@@ -144,7 +148,7 @@ def _build_user_model(spec: str, in_channels: int, num_classes: int) -> nn.Modul
     """Imports ``package.module:callable`` and calls it with the keyword arguments it accepts."""
     module_name, _, attr = spec.partition(":")
     try:
-        target: object = importlib.import_module(module_name)
+        target: object = _import_from_cwd(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as err:
@@ -160,6 +164,19 @@ def _build_user_model(spec: str, in_channels: int, num_classes: int) -> nn.Modul
             f"user model '{spec}' returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def _import_from_cwd(module_name: str) -> ModuleType:
+    """Imports a module, also searching the current directory (as ``python -m`` would)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def _accepted_kwargs(fn: Callable, **candidates: int) -> dict[str, int]:

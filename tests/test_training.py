@@ -1,5 +1,6 @@
 """Training, evaluation, the base-model cache and the train_base script, on real tiny data."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -96,33 +97,44 @@ def test_base_model_cache_hit_and_corrupt_checkpoint(digits_splits, tmp_path: Pa
     ]
 
 
-def _run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_base.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_base", REPO / "scripts" / "train_base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_train_base_script_end_to_end(tmp_path: Path) -> None:
-    done = _run_script(
-        "--dataset",
-        "digits",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--cache-dir",
-        str(tmp_path),
-        "--no-progress",
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train_base.py"),
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "vgg_small on digits: test accuracy" in done.stdout and "trained" in done.stdout
     assert list((tmp_path / "base_models").glob("vgg_small-digits-*.pt"))
-    failed = _run_script("--dataset", "digitz", "--cache-dir", str(tmp_path))
-    assert failed.returncode == 2
-    assert failed.stderr.startswith("error: unknown dataset 'digitz'; did you mean 'digits'?")
+
+
+def test_train_base_script_reports_errors_in_one_line(capsys) -> None:
+    script = _load_script()
+    assert script.main(["--dataset", "digitz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'digitz'; did you mean 'digits'?")
+    assert err.count("\n") == 1
+    assert script.main(["--list-datasets"]) == 0
+    assert "mnist5k" in capsys.readouterr().out

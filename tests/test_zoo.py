@@ -56,7 +56,7 @@ def test_unknown_model_names_suggest(name: str, message: str) -> None:
 
 @pytest.fixture
 def user_models_on_path(monkeypatch) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.chdir(Path(__file__).parent)  # build_model also imports from the current dir
 
 
 @pytest.mark.usefixtures("user_models_on_path")
