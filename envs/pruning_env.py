@@ -23,7 +23,7 @@ from envs.units import estimate_cost
 from models.errors import PruningError, RlpruneError
 from models.training import evaluate
 
-#: Episodes whose measured / estimated latency ratios calibrate the action wall (median).
+#: Recent episodes whose measured latency calibrates the action wall's estimate (median).
 _CALIBRATION_WINDOW = 25
 
 
@@ -44,8 +44,8 @@ class PruningEnvConfig:
         eval_batch_size: images per batch when evaluating the reward split.
         latency: how latency is timed (device, batch size, repeats, threads).
         calibrate: correct the per-layer latency estimate of the action wall with the measured
-            latency of recent episodes (median of measured / estimated over a window, robust to
-            a noisy measurement).
+            latency of recent episodes (see :meth:`ChannelPruningEnv.latency_estimate`; the
+            median over a window is robust to a noisy measurement).
     """
 
     target: float = 0.5
@@ -183,10 +183,10 @@ class ChannelPruningEnv(gym.Env):
         self._full_macs = estimate_cost(self.layer_costs, [1.0] * self.num_units, "macs")
         self._full_latency = self._latency_estimate_ms([1.0] * self.num_units)
         self.macs_share = self._unit_shares(self.macs_estimate)
-        self.latency_share = self._unit_shares(self.latency_estimate)
+        self.latency_share = self._unit_shares(self._raw_latency_estimate)
         shares = zip(self.units, self.latency_share, strict=True)
         self.latency_shares = {u.name: float(s) for u, s in shares}
-        self.calibration = 1.0
+        self.calibration = 1.0  # slope k of: measured = 1 - k * (1 - estimated)
         self._calibration_samples: collections.deque[float] = collections.deque(
             maxlen=_CALIBRATION_WINDOW
         )
@@ -194,10 +194,7 @@ class ChannelPruningEnv(gym.Env):
         max_strategy = {u.name: self.config.max_ratio for u in self.units}
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
-        if self.config.cost == "latency" and self.config.calibrate:
-            est = self.latency_estimate(self.pruner.keep_fractions(max_strategy))
-            self._calibration_samples.append(self.max_pruned["latency_ratio"] / max(est, 1e-9))
-            self.calibration = self._calibration_samples[0]
+        self._calibrate(self.pruner.keep_fractions(max_strategy), self.max_pruned["latency_ratio"])
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), dtype=np.float32)
@@ -210,9 +207,26 @@ class ChannelPruningEnv(gym.Env):
         layers = estimate_cost(self.layer_costs, keep, per_layer=self.layer_latency_ms)
         return self.overhead_ms + layers
 
-    def latency_estimate(self, keep: Sequence[float]) -> float:
-        """Estimated latency ratio for kept fractions ``keep`` (per-layer latency table)."""
+    def _raw_latency_estimate(self, keep: Sequence[float]) -> float:
         return self._latency_estimate_ms(keep) / self._full_latency
+
+    def latency_estimate(self, keep: Sequence[float]) -> float:
+        """Estimated latency ratio for kept fractions ``keep``.
+
+        The per-layer latency table (conv/linear layers timed with hooks, the rest a constant)
+        misses what shrinks with the channels outside those layers (BatchNorm, activations,
+        pooling, memory traffic); the saving it predicts is scaled by a slope fitted on measured
+        episodes: ``1 - calibration * (1 - table estimate)``, exact at the unpruned model.
+        """
+        return 1.0 - self.calibration * (1.0 - self._raw_latency_estimate(keep))
+
+    def _calibrate(self, keep: Sequence[float], measured_ratio: float) -> None:
+        """Add one measured point to the slope of :meth:`latency_estimate` (median of recent)."""
+        saving = 1.0 - self._raw_latency_estimate(keep)
+        if self.config.cost != "latency" or not self.config.calibrate or saving < 0.05:
+            return
+        self._calibration_samples.append(max(1.0 - measured_ratio, 0.0) / saving)
+        self.calibration = float(np.median(self._calibration_samples))
 
     def macs_estimate(self, keep: Sequence[float]) -> float:
         """Estimated MACs ratio for kept fractions ``keep``."""
@@ -228,11 +242,6 @@ class ChannelPruningEnv(gym.Env):
     def _cost_model(self):
         return self.latency_estimate if self.config.cost == "latency" else self.macs_estimate
 
-    @property
-    def _wall_target(self) -> float:
-        """Target handed to the action wall, in the estimate's units (calibrated for latency)."""
-        return self.config.target / self.calibration
-
     def check_target(self, target: float) -> None:
         """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
         what = "latency" if self.config.cost == "latency" else "MACs"
@@ -242,7 +251,7 @@ class ChannelPruningEnv(gym.Env):
     # ----------------------------------------------------------------- gym API
     def _required_ratio(self) -> float:
         return min_pruning_ratio(
-            self._cost_model, self._keep, self.num_units, self._wall_target, self.config.max_ratio
+            self._cost_model, self._keep, self.num_units, self.config.target, self.config.max_ratio
         )
 
     def _observation(self) -> np.ndarray:
@@ -288,12 +297,7 @@ class ChannelPruningEnv(gym.Env):
 
         strategy = {u.name: r for u, r in zip(self.units, self._ratios, strict=True)}
         result = self.evaluate_strategy(strategy)
-        if self.config.cost == "latency" and self.config.calibrate:
-            measured_over_est = result["latency_ratio"] / max(
-                self.latency_estimate(self._keep), 1e-9
-            )
-            self._calibration_samples.append(measured_over_est)
-            self.calibration = float(np.median(self._calibration_samples))
+        self._calibrate(self._keep, result["latency_ratio"])
         info.update(result, model=self.model_name, latency_shares=self.latency_shares)
         obs = np.zeros(NUM_FEATURES, dtype=np.float32)
         obs[0] = 1.0

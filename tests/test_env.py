@@ -87,10 +87,12 @@ def test_same_seed_same_episode_with_a_fixed_latency_source(trained, mnist5k_spl
 def test_measured_latency_episode_and_uniform_baseline(trained, mnist5k_splits):
     env = _env(trained, mnist5k_splits, measured=True, target=0.7)
     assert env.base_latency_ms > 0
+    assert env.latency_estimate([1.0] * env.num_units) == pytest.approx(1.0)  # calibrated slope
+    assert env.latency_estimate([0.5] * env.num_units) < 1.0
     _, _, infos = _episode(env, [-1.0] * env.num_units)  # the wall must prune anyway
     assert 0 < infos[-1]["latency_ratio"] < 10  # measured, so noisy: only sanity here
-    assert infos[-1]["macs_ratio"] < 0.9  # the wall pruned although the agent asked for nothing
-    assert any(i["ratio"] > 0 for i in infos)
+    assert any(i["ratio"] > 0 for i in infos)  # the wall pruned although the agent asked for none
+    assert infos[-1]["macs_ratio"] < 1.0
     uniform = uniform_for_target(env, steps=4)
     assert len(set(uniform["strategy"].values())) == 1
     assert 0 < uniform["uniform_ratio"] <= env.config.max_ratio
