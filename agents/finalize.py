@@ -35,9 +35,9 @@ class ModelRow:
     params: int = 0
 
 
-def compare_with_uniform(
+def compare_strategies(
     env: ChannelPruningEnv,
-    strategy: Mapping[str, float],
+    strategies: Mapping[str, Mapping[str, float]],
     splits: DataSplits,
     *,
     fine_tune_epochs: int = 2,
@@ -46,20 +46,19 @@ def compare_with_uniform(
     seed: int = 0,
     progress: bool = True,
 ) -> list[ModelRow]:
-    """The original, the agent's pruned model and uniform pruning at the same target, side by side.
+    """The original next to one pruned model per strategy, evaluated the same way.
 
-    Both pruned models are BN-recalibrated, evaluated on the test split, fine-tuned with the same
-    settings and evaluated again. All three latencies are measured in the same run, interleaved,
-    best of ``latency_passes`` passes (the machine may be noisy), so the speedups are comparable.
+    Each pruned model is BN-recalibrated, evaluated on the test split, fine-tuned with the same
+    settings and evaluated again. All latencies are measured in the same run, interleaved, best
+    of ``latency_passes`` passes (the machine may be noisy), so the speedups are comparable.
 
     Returns:
-        Rows for ``original``, ``agent`` and ``uniform``; ``row.model`` holds the fine-tuned model.
+        ``original`` first, then one row per strategy; ``row.model`` holds the fine-tuned model.
     """
     device = env.device
-    uniform = uniform_for_target(env)
     rows = [ModelRow("original", env.model, evaluate(env.model, splits.test, device))]
-    for name, strat in (("agent", strategy), ("uniform", uniform["strategy"])):
-        pruned = env.prune(strat)
+    for name, strategy in strategies.items():
+        pruned = env.prune(strategy)
         row = ModelRow(name, pruned, evaluate(pruned, splits.test, device))
         if fine_tune_epochs > 0:
             fine_tune(
@@ -77,6 +76,20 @@ def compare_with_uniform(
     for row in rows:
         row.macs, row.params = count_cost(row.model, env.example_input)
     return rows
+
+
+def compare_with_uniform(
+    env: ChannelPruningEnv, strategy: Mapping[str, float], splits: DataSplits, **kwargs: Any
+) -> list[ModelRow]:
+    """:func:`compare_strategies` of the agent's strategy and uniform pruning at the same target.
+
+    Returns:
+        Rows for ``original``, ``agent`` and ``uniform``.
+    """
+    uniform = uniform_for_target(env)
+    return compare_strategies(
+        env, {"agent": strategy, "uniform": uniform["strategy"]}, splits, **kwargs
+    )
 
 
 def measure_latency_rows(
