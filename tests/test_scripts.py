@@ -88,6 +88,27 @@ def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
     assert (out / "pruned_model.pt").is_file() and (out / "zero_shot_strategy.json").is_file()
 
 
+def test_transfer_study_table(trained_run, tmp_path):
+    run_dir, _, cache = trained_run
+    proc = run(
+        "transfer_study.py",
+        "--agent",
+        str(run_dir / "agent.zip"),
+        "--models",
+        "resnet20",
+        *TINY,
+        "--episodes",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        cache=cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "transfer_digits" / "transfer.md").read_text()
+    for method in ("zero-shot", "warm-start", "scratch", "uniform"):
+        assert f"| resnet20 | 12 | {method} |" in table
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
