@@ -17,6 +17,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from envs.pruning import load_pruned  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, load_dataset  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
@@ -121,6 +122,28 @@ def load_described(described: str, data_dir: str | None, download: bool) -> Data
             )
         kwargs[DATASET_OPTIONS[key][0]] = DATASET_OPTIONS[key][1](value)
     return load_dataset(name, data_dir=data_dir, download=download, **kwargs)
+
+
+def load_pruned_with_data(
+    path: Path, dataset: str | None, data_dir: str | None, download: bool, device: object
+) -> tuple[object, dict, DataSplits]:
+    """A saved pruned model, its recipe, and its dataset (``dataset`` or the recipe's).
+
+    Raises:
+        DatasetError: No dataset known, or its images do not fit the model.
+    """
+    model, meta = load_pruned(path, device)
+    recipe = meta["recipe"]
+    dataset = dataset or recipe.get("dataset")
+    if not dataset:
+        raise DatasetError(f"{path}: the recipe names no dataset; pass --dataset NAME")
+    splits = load_described(dataset, data_dir, download)
+    if list(splits.input_shape) != list(recipe["input_shape"]):
+        raise DatasetError(
+            f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
+            f"for {recipe['input_shape']}; pass the --dataset it was trained on"
+        )
+    return model, recipe, splits
 
 
 def run_cli(main: Callable[[], int]) -> None:

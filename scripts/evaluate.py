@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from envs.latency import LatencyConfig, LatencyStats, compare_latency
-from envs.pruning import count_cost, load_pruned
+from envs.pruning import count_cost
 from models.data import DataSplits, default_cache_dir
-from models.errors import DatasetError
 from models.training import TrainConfig, _cache_key, evaluate, get_base_model, resolve_device
 
 
@@ -192,17 +191,9 @@ def load_original(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    pruned, meta = load_pruned(args.pruned_model, device)
-    recipe = meta["recipe"]
-    dataset = args.dataset or recipe.get("dataset")
-    if not dataset:
-        raise DatasetError(f"{args.pruned_model}: the recipe names no dataset; pass --dataset NAME")
-    splits = common.load_described(dataset, args.data_dir, args.download)
-    if list(splits.input_shape) != list(recipe["input_shape"]):
-        raise DatasetError(
-            f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
-            f"for {recipe['input_shape']}; pass the --dataset it was trained on"
-        )
+    pruned, recipe, splits = common.load_pruned_with_data(
+        args.pruned_model, args.dataset, args.data_dir, args.download, device
+    )
     print(f"pruned model: {args.pruned_model} ({recipe['model']}, dataset {splits.name})")
     if "fine_tuned_epochs" in recipe:
         print(f"  fine-tuned for {recipe['fine_tuned_epochs']} epoch(s)")

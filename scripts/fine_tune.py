@@ -14,8 +14,8 @@ from pathlib import Path
 
 import common
 
-from envs.pruning import load_pruned, save_pruned
-from models.errors import DatasetError, RlpruneError
+from envs.pruning import save_pruned
+from models.errors import RlpruneError
 from models.training import evaluate, fine_tune, resolve_device
 
 
@@ -47,17 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
     output = args.output or args.pruned_model.with_name(f"{args.pruned_model.stem}_ft.pt")
     device = resolve_device(args.device)
-    model, meta = load_pruned(args.pruned_model, device)
-    recipe = meta["recipe"]
-    dataset = args.dataset or recipe.get("dataset")
-    if not dataset:
-        raise DatasetError(f"{args.pruned_model}: the recipe names no dataset; pass --dataset NAME")
-    splits = common.load_described(dataset, args.data_dir, args.download)
-    if list(splits.input_shape) != list(recipe["input_shape"]):
-        raise DatasetError(
-            f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
-            f"for {recipe['input_shape']}; pass the --dataset it was trained on"
-        )
+    model, recipe, splits = common.load_pruned_with_data(
+        args.pruned_model, args.dataset, args.data_dir, args.download, device
+    )
 
     before = evaluate(model, splits.test, device)
     print(f"{args.pruned_model} ({recipe['model']}, {splits.name}): test accuracy {before:.4f}")

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from models.data import DataSplits, load_dataset  # noqa: E402
 
@@ -21,3 +22,12 @@ def digits_splits() -> DataSplits:
 def mnist5k_splits() -> DataSplits:
     """MNIST-5k, 1x28x28, 10 classes: 4000 / 500 / 500 images."""
     return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

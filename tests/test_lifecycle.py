@@ -96,15 +96,6 @@ def script_main(name: str):
     return runpy.run_path(str(SCRIPTS / name), run_name="lifecycle_test")["main"]
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread: 2 contended threads train ~30x slower on the shared test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_evaluate_compares_pruned_with_cached_original(saved, tmp_path):
     out = tmp_path / "eval.json"
     flags = ["--device", "cpu", "--latency-batch-size", 4, "--passes", 1, "--repeats", 3]

@@ -23,13 +23,7 @@ ARCHS = {
 EXPECTED_UNITS = {"vgg_small": 6, "resnet20": 12, "mobilenetv2_small": 18, "resnet18": 12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

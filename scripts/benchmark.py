@@ -1,0 +1,609 @@
+"""Benchmark the learned pruning policy against simple rules, at equal measured latency.
+
+For every task (base model + dataset), latency target and seed, five methods prune the same
+trained model: ``uniform`` (one ratio everywhere), ``global`` (one global magnitude threshold),
+``random`` (best of N random strategies through the env), ``agent`` (DDPG, latency reward) and
+``agent_macs`` (DDPG, AMC's MACs proxy, same numeric target), the searches with the same number of
+episodes. Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the
+same settings and evaluated again; all models of one task and target are then timed together,
+interleaved, best of several passes. Writes ``results.md`` (tables), ``results.json``
+and PNG plots into ``--output-dir``.
+
+    python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
+    python scripts/benchmark.py                          # everything: hours on 2 CPU cores
+    python scripts/benchmark.py --tasks cifar10-resnet20 --targets 0.5 --seeds 0,1 --episodes 100
+    python scripts/benchmark.py --throughput-only        # search cost vs units and reward split
+
+CIFAR-10 tasks read ``imagefolder:../shared/data/cifar10/train`` when that folder exists,
+otherwise torchvision's ``cifar10`` under ``--data-dir`` (``--cifar10`` overrides both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import common
+import gymnasium as gym
+import matplotlib
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agents.ddpg import AgentConfig, make_agent  # noqa: E402
+from agents.search import run_search  # noqa: E402
+from envs.baselines import global_for_target, random_search, uniform_for_target  # noqa: E402
+from envs.latency import LatencyConfig, compare_latency  # noqa: E402
+from envs.pruning import count_cost  # noqa: E402
+from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
+from models.data import DataSplits, load_dataset, stratified_subset_indices  # noqa: E402
+from models.errors import RlpruneError  # noqa: E402
+from models.training import TrainConfig, evaluate, fine_tune, get_base_model  # noqa: E402
+from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
+
+SHARED_CIFAR10 = "../shared/data/cifar10/train"
+METHODS = ("uniform", "global", "random", "agent", "agent_macs")
+SEARCH_METHODS = ("random", "agent", "agent_macs")
+TIME_KEYS = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A base model on a dataset.
+
+    Attributes:
+        model: zoo / torchvision name.
+        dataset: ``mnist5k``, ``digits``, ``cifar10`` (resolved, see :func:`cifar10_source`).
+        max_samples: stratified subset of the images (None: all).
+        train: base-model training settings that differ from :class:`TrainConfig`'s defaults
+            (pinned, so the cached model stays the same when the defaults change).
+    """
+
+    model: str
+    dataset: str
+    max_samples: int | None = None
+    train: tuple[tuple[str, Any], ...] = ()
+
+
+#: 10 epochs on 8,000 images: about 10 minutes per model on one shared CPU core.
+_CIFAR_TRAIN = (("epochs", 10), ("batch_size", 128), ("lr", 0.05))
+TASKS: dict[str, Task] = {
+    "default": Task(DEFAULT_MODEL, "mnist5k"),  # the project's default base model
+    "cifar10-resnet20": Task("resnet20", "cifar10", 10000, _CIFAR_TRAIN),
+    "cifar10-vgg_small": Task("vgg_small", "cifar10", 10000, _CIFAR_TRAIN),
+    "cifar10-mobilenetv2_small": Task("mobilenetv2_small", "cifar10", 10000, _CIFAR_TRAIN),
+    "tiny": Task("vgg_small", "digits", None, (("epochs", 2),)),  # seconds; for tests
+}
+FULL_TASKS = ("default", "cifar10-resnet20", "cifar10-vgg_small", "cifar10-mobilenetv2_small")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="default task, target 0.5, 2 seeds, 80 ep")
+    p.add_argument("--tasks", default=",".join(FULL_TASKS), help=f"of {', '.join(TASKS)}")
+    p.add_argument("--targets", default="0.3,0.5,0.7", help="latency (and MACs) targets")
+    p.add_argument("--seeds", default="0,1,2", help="search and fine-tune seeds")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
+    p.add_argument("--episodes", type=int, default=300, help="episodes per search (all searches)")
+    p.add_argument("--warmup", type=int, default=None, help="agent warm-up (default episodes/3)")
+    p.add_argument("--fine-tune-epochs", type=int, default=2, help="same for every method")
+    p.add_argument(
+        "--cifar10", default="auto", help="CIFAR-10 source: auto, cifar10 or imagefolder:DIR"
+    )
+    p.add_argument("--data-dir", default=None, help="where torchvision datasets are stored")
+    p.add_argument(
+        "--cache-dir", default=None, help="base-model cache ($RLPRUNE_CACHE or ~/.cache)"
+    )
+    p.add_argument(
+        "--reward-samples", type=int, default=None, help="cap the reward split (stratified)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for everything")
+    p.add_argument("--latency-batch-size", type=int, default=16)
+    p.add_argument("--latency-repeats", type=int, default=20, help="timed runs per measurement")
+    p.add_argument("--latency-passes", type=int, default=5, help="passes of the final timing")
+    p.add_argument("--throughput", action="store_true", help="also time search cost vs units/split")
+    p.add_argument("--throughput-only", action="store_true", help="only the throughput section")
+    p.add_argument("--throughput-episodes", type=int, default=10)
+    p.add_argument("--output-dir", default="runs/benchmark")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.tasks, args.targets, args.seeds, args.episodes = "default", "0.5", "0,1", 80
+    return args
+
+
+def csv_list(text: str, kind: type = str) -> list:
+    """``"a,b"`` -> ``["a", "b"]`` (converted with ``kind``)."""
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def check_choices(names: Sequence[str], known: Sequence[str], what: str) -> None:
+    """Raise a one-line error naming an unknown task or method."""
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise RlpruneError(f"unknown {what} {bad}; choose from {', '.join(known)}")
+
+
+def cifar10_source(choice: str, repo_root: Path) -> str:
+    """The CIFAR-10 dataset name: the shared JPEG folder when present, else torchvision's."""
+    if choice != "auto":
+        return choice
+    shared = (repo_root / SHARED_CIFAR10).resolve()
+    return f"imagefolder:{SHARED_CIFAR10}" if shared.is_dir() else "cifar10"
+
+
+# ----------------------------------------------------------------------------- methods
+class InfoRecorder(gym.Wrapper):
+    """Keeps the info of every finished episode (stage times), for the throughput split."""
+
+    def __init__(self, env: ChannelPruningEnv) -> None:
+        super().__init__(env)
+        self.episodes: list[dict[str, Any]] = []
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            times = {k: 0.0 if info["cached"] else info[k] for k in TIME_KEYS}
+            self.episodes.append({**times, "cached": info["cached"]})
+        return obs, reward, terminated, truncated, info
+
+
+def run_agent(
+    env: ChannelPruningEnv, episodes: int, warmup: int, seed: int, run_dir: Path
+) -> dict[str, Any]:
+    """DDPG search with AMC's defaults; the best record plus per-episode times."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    recorder = InfoRecorder(env)
+    agent = make_agent(
+        recorder, AgentConfig(warmup_episodes=warmup, seed=seed), num_units=env.num_units
+    )
+    result = run_search(
+        agent,
+        run_dir,
+        episodes,
+        max_units=env.num_units,
+        checkpoint_every=episodes,
+        figure_every=episodes,
+        progress=False,
+    )
+    if result.best is None:
+        raise RlpruneError(f"the search in {run_dir} finished no episode; raise --episodes")
+    seconds = read_episode_seconds(run_dir / "episodes.csv")
+    history = [{**r, "seconds": s} for r, s in zip(recorder.episodes, seconds, strict=False)]
+    return {**result.best, "seconds": result.seconds, "history": history}
+
+
+def read_episode_seconds(path: Path) -> list[float]:
+    """The ``seconds`` column of a search's ``episodes.csv`` (wall time per episode)."""
+    lines = path.read_text().splitlines()
+    col = lines[0].split(",").index("seconds")
+    return [float(line.split(",")[col]) for line in lines[1:]]
+
+
+def make_env(
+    model: nn.Module, splits: DataSplits, target: float, cost: str, latency: LatencyConfig
+) -> ChannelPruningEnv:
+    """A fresh pruning env (own latency cache and calibration) for one method and seed."""
+    cfg = PruningEnvConfig(target=target, cost=cost, latency=latency)
+    return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg)
+
+
+def search_strategy(
+    method: str,
+    model: nn.Module,
+    splits: DataSplits,
+    target: float,
+    seed: int,
+    args: argparse.Namespace,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Run one method; its best strategy, search seconds and per-episode history."""
+    latency = LatencyConfig(
+        batch_size=args.latency_batch_size, repeats=args.latency_repeats, threads=args.threads
+    )
+    cost = "macs" if method == "agent_macs" else "latency"
+    env = make_env(model, splits, target, cost, latency)
+    start = time.perf_counter()
+    if method == "uniform":
+        result = uniform_for_target(env)
+    elif method == "global":
+        result = global_for_target(env)
+    elif method == "random":
+        result = random_search(env, args.episodes, seed)
+    else:
+        warmup = args.warmup if args.warmup is not None else args.episodes // 3
+        result = run_agent(env, args.episodes, warmup, seed, run_dir)
+    seconds = result.get("seconds", time.perf_counter() - start)
+    return {
+        "strategy": result["strategy"],
+        "search_s": seconds,
+        "history": result.get("history", []),
+        "env": env,
+    }
+
+
+def score(
+    env: ChannelPruningEnv,
+    strategy: Mapping[str, float],
+    splits: DataSplits,
+    fine_tune_epochs: int,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, float], nn.Module]:
+    """Accuracies of a strategy: BN-recalibrated (reward and test split) and fine-tuned (test)."""
+    pruned = env.prune(strategy)
+    row = {
+        "reward_acc": evaluate(pruned, splits.reward_val, env.device),
+        "test_acc": evaluate(pruned, splits.test, env.device),
+    }
+    if fine_tune_epochs > 0:
+        fine_tune(pruned, splits.train, fine_tune_epochs, seed=seed, progress=progress)
+        row["test_acc_ft"] = evaluate(pruned, splits.test, env.device)
+    macs, params = count_cost(pruned, env.example_input)
+    row["macs_ratio"] = macs / env.base_macs
+    row["params_ratio"] = params / env.base_params
+    return row, pruned
+
+
+def time_together(
+    models: Mapping[str, nn.Module], input_shape: tuple[int, ...], args: argparse.Namespace
+) -> dict[str, tuple[float, float, float]]:
+    """(latency ratio vs ``original``, spread, ms) of every model, timed interleaved."""
+    cfg = LatencyConfig(
+        batch_size=args.latency_batch_size,
+        repeats=max(args.latency_repeats, 30),
+        threads=args.threads,
+    )
+    stats = compare_latency(models, input_shape, cfg, passes=args.latency_passes)
+    base = stats["original"].median_ms
+    return {k: (s.median_ms / base, s.spread, s.median_ms) for k, s in stats.items()}
+
+
+def run_task_target(
+    task_name: str,
+    model: nn.Module,
+    splits: DataSplits,
+    target: float,
+    args: argparse.Namespace,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """All methods and seeds at one target; rows with accuracies, costs and timings."""
+    methods, seeds = csv_list(args.methods), csv_list(args.seeds, int)
+    progress = not args.no_progress
+    rows, models = [], {"original": model}
+    for method in methods:
+        deterministic = method not in SEARCH_METHODS
+        found = None
+        for seed in seeds:
+            if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
+                run_dir = out / "runs" / f"{task_name}_t{target}_{method}_s{seed}"
+                found = search_strategy(method, model, splits, target, seed, args, run_dir)
+            t0 = time.perf_counter()
+            accs, pruned = score(
+                found["env"], found["strategy"], splits, args.fine_tune_epochs, seed, progress
+            )
+            key = f"{method}/s{seed}"
+            models[key] = pruned
+            # The env's own ratio: timed interleaved run by run with the original (cached by
+            # shape, so free for latency searches); robust where best-of-passes is not.
+            env_ratio = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
+            rows.append(
+                {
+                    "task": task_name,
+                    "target": target,
+                    "method": method,
+                    "seed": seed,
+                    **accs,
+                    "env_latency_ratio": env_ratio["latency_ratio"],
+                    "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
+                    "score_s": time.perf_counter() - t0,
+                    "strategy": found["strategy"],
+                    "history": found["history"] if not deterministic else [],
+                    "units": found["env"].num_units,
+                    "key": key,
+                }
+            )
+            ft = accs.get("test_acc_ft", float("nan"))
+            print(
+                f"  {task_name} t={target} {method} s{seed}: reward acc {accs['reward_acc']:.4f}, "
+                f"test {accs['test_acc']:.4f}, fine-tuned {ft:.4f}, "
+                f"MACs x{accs['macs_ratio']:.2f}, search {found['search_s']:.0f} s",
+                flush=True,
+            )
+    timed = time_together(models, splits.input_shape, args)
+    for row in rows:
+        row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[row.pop("key")]
+    return rows
+
+
+def load_task(
+    name: str, args: argparse.Namespace, repo_root: Path
+) -> tuple[nn.Module, DataSplits, dict[str, Any]]:
+    """The task's data splits and its trained (cached) base model with its training info."""
+    task = TASKS[name]
+    dataset = cifar10_source(args.cifar10, repo_root) if task.dataset == "cifar10" else task.dataset
+    splits = load_dataset(dataset, data_dir=args.data_dir, max_samples=task.max_samples)
+    cfg = TrainConfig(**dict(task.train), seed=0, progress=not args.no_progress)
+    model, info = get_base_model(task.model, splits, config=cfg, cache_dir=args.cache_dir)
+    if args.reward_samples:  # only now: the base-model cache is keyed on the full splits
+        reward = stratified_subset(splits.reward_val, args.reward_samples)
+        splits = replace(splits, reward_val=reward)
+    info = {
+        "model": task.model,
+        "dataset": splits.name,
+        "split_sizes": [len(s.tensors[1]) for s in (splits.train, splits.reward_val, splits.test)],
+        "base_epochs": cfg.epochs,
+        "base_batch_size": cfg.batch_size,
+        "test_acc": info["test_acc"],
+        "train_time_s": info["train_time_s"],
+    }
+    return model.eval(), splits, info
+
+
+# ----------------------------------------------------------------------------- reporting
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` (std over seeds; omitted for one value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: one line per task, target and method, mean ± std over seeds."""
+    head = (
+        "| task | target | method | seeds | reward acc (BN) | test acc (BN) "
+        "| test acc (fine-tuned) | latency ratio, joint timing (IQR/median) "
+        "| latency ratio, paired (env) | MACs ratio | params ratio | search s |\n"
+        + "|---" * 12
+        + "|"
+    )
+    lines = [head]
+    keys = dict.fromkeys((r["task"], r["target"], r["method"]) for r in rows)
+    for task, target, method in keys:
+        group = [r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, method)]
+        spread = statistics.mean(r["latency_spread"] for r in group)
+        searches = [r["search_s"] for r in group if r["search_s"] > 0]
+        lines.append(
+            f"| {task} | {target} | {method} | {len(group)} "
+            f"| {mean_std([r['reward_acc'] for r in group])} "
+            f"| {mean_std([r['test_acc'] for r in group])} "
+            f"| {mean_std([r.get('test_acc_ft') for r in group])} "
+            f"| {mean_std([r['latency_ratio'] for r in group])} ({spread:.0%}) "
+            f"| {mean_std([r.get('env_latency_ratio') for r in group])} "
+            f"| {mean_std([r['macs_ratio'] for r in group])} "
+            f"| {mean_std([r['params_ratio'] for r in group])} "
+            f"| {statistics.mean(searches) if searches else 0:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def episode_split(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean seconds per episode by stage; ``rest`` is the remaining wall time (agent update)."""
+    if not history:
+        return {}
+    split = {k: statistics.mean(h[k] for h in history) for k in TIME_KEYS}
+    total = statistics.mean(h["seconds"] for h in history)
+    split["rest_s"] = max(total - sum(split.values()), 0.0)
+    split["episode_s"] = total
+    split["cached"] = statistics.mean(float(h["cached"]) for h in history)
+    return split
+
+
+def split_row(label: str, units: Any, split: Mapping[str, float]) -> str:
+    """One Markdown line of a time split."""
+    total = split["episode_s"]
+    parts = " | ".join(f"{split[k] * 1e3:.0f}" for k in (*TIME_KEYS, "rest_s"))
+    return (
+        f"| {label} | {units} | {1 / total:.2f} | {total * 1e3:.0f} | {parts} "
+        f"| {split['cached']:.0%} |"
+    )
+
+
+SPLIT_HEAD = (
+    "| search | units | episodes/s | ms/episode | prune | BN recal. | eval | latency "
+    "| rest (agent update, env steps) | cached |\n" + "|---" * 10 + "|"
+)
+
+
+def search_throughput_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Episodes/s and the time split of every search run of the benchmark, averaged over seeds."""
+    lines = [SPLIT_HEAD]
+    keys = dict.fromkeys((r["task"], r["target"], r["method"]) for r in rows if r["history"])
+    for task, target, method in keys:
+        history = [
+            h
+            for r in rows
+            if (r["task"], r["target"], r["method"]) == (task, target, method)
+            for h in r["history"]
+        ]
+        units = next(r["units"] for r in rows if r["task"] == task)
+        lines.append(split_row(f"{task} t={target} {method}", units, episode_split(history)))
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_latency(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Per task: BN-recalibrated and fine-tuned test accuracy against measured latency ratio."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for col, task in enumerate(tasks):
+        for row_i, (key, label) in enumerate((("test_acc", "BN-recal."), ("test_acc_ft", "FT"))):
+            ax = axes[row_i][col]
+            for method in METHODS:
+                pts = [r for r in rows if r["task"] == task and r["method"] == method and key in r]
+                if pts:
+                    ax.scatter(
+                        [r["latency_ratio"] for r in pts],
+                        [r[key] for r in pts],
+                        label=method,
+                        color=colors[method],
+                        alpha=0.8,
+                    )
+            for target in {r["target"] for r in rows if r["task"] == task}:
+                ax.axvline(target, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("measured latency ratio")
+            ax.set_ylabel(f"test accuracy ({label})")
+            ax.set_title(f"{task}: {label}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_strategies(
+    rows: Sequence[Mapping[str, Any]], task: str, target: float, path: Path
+) -> None:
+    """Pruning ratio per unit of every method's strategy (first seed) at one task and target."""
+    picked = {}
+    for r in rows:
+        if r["task"] == task and r["target"] == target and r["method"] not in picked:
+            picked[r["method"]] = r["strategy"]
+    units = list(next(iter(picked.values())))
+    width = 0.8 / len(picked)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(units) + 3), 4))
+    x = np.arange(len(units))
+    for i, (method, strategy) in enumerate(picked.items()):
+        ax.bar(x + i * width, [strategy[u] for u in units], width, label=method)
+    ax.set_xticks(x + 0.4 - width / 2, units, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("pruning ratio")
+    ax.set_title(f"{task}, target {target}: best strategy per method (first seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- throughput
+def throughput_scaling(args: argparse.Namespace) -> str:
+    """Random-action episodes per second vs number of units and reward-split size.
+
+    Untrained networks on mnist5k: the cost of an episode does not depend on the weights.
+    """
+    splits = load_dataset("mnist5k")
+    latency = LatencyConfig(
+        batch_size=args.latency_batch_size, repeats=args.latency_repeats, threads=args.threads
+    )
+    lines = [SPLIT_HEAD]
+    cases = [(m, 500) for m in ("vgg_small", "resnet20", "resnet56", "mobilenetv2_small")]
+    cases += [("vgg_small", 250), ("vgg_small", 1000), ("resnet20", 250), ("resnet20", 1000)]
+    for name, n_reward in cases:
+        torch.manual_seed(0)
+        model = build_model(name, splits.input_shape, splits.num_classes).eval()
+        reward = _reward_subset(splits, n_reward)
+        env = ChannelPruningEnv(
+            model, splits.train, reward, PruningEnvConfig(latency=latency), model_name=name
+        )
+        result = random_search(env, args.throughput_episodes, seed=0)
+        label = f"{name}, reward split {len(reward.tensors[1])}"
+        lines.append(split_row(label, env.num_units, episode_split(result["history"])))
+        print(f"  throughput: {lines[-1]}", flush=True)
+    return "\n".join(lines)
+
+
+def stratified_subset(dataset: TensorDataset, n: int) -> TensorDataset:
+    """A class-stratified, seeded subset of at most ``n`` samples (order kept)."""
+    x, y = dataset.tensors
+    keep = torch.from_numpy(stratified_subset_indices(y.numpy(), n, seed=0))
+    return TensorDataset(x[keep], y[keep])
+
+
+def _reward_subset(splits: DataSplits, n: int) -> TensorDataset:
+    """The first ``n`` reward images, repeated if the split is smaller."""
+    x, y = splits.reward_val.tensors
+    idx = torch.arange(n) % len(y)
+    return TensorDataset(x[idx], y[idx])
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks, methods = csv_list(args.tasks), csv_list(args.methods)
+    targets, seeds = csv_list(args.targets, float), csv_list(args.seeds, int)
+    check_choices(tasks, list(TASKS), "task")
+    check_choices(methods, METHODS, "method")
+    if not seeds or not targets or args.episodes < 1:
+        raise RlpruneError("need at least one seed, one target and --episodes >= 1")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    repo_root = Path.cwd()
+    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else _argv())
+    start = time.perf_counter()
+
+    rows: list[dict[str, Any]] = []
+    bases: dict[str, dict[str, Any]] = {}
+    for task in [] if args.throughput_only else tasks:
+        model, splits, info = load_task(task, args, repo_root)
+        bases[task] = info
+        print(f"{task}: {info}", flush=True)
+        for target in targets:
+            rows += run_task_target(task, model, splits, target, args, out)
+            _write(out, command, rows, bases, "", time.perf_counter() - start)  # partial results
+            plot_strategies(rows, task, target, out / f"strategies_{task}_t{target}.png")
+        plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png")
+
+    scaling = throughput_scaling(args) if (args.throughput or args.throughput_only) else ""
+    _write(out, command, rows, bases, scaling, time.perf_counter() - start)
+    print(f"\n{results_table(rows)}\n\nwritten to {out}/results.md")
+    return 0
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+def _write(
+    out: Path,
+    command: str,
+    rows: list[dict[str, Any]],
+    bases: dict[str, dict[str, Any]],
+    scaling: str,
+    seconds: float,
+) -> None:
+    """results.md (tables), throughput.md and results.json (every row, per-episode history)."""
+    base_lines = ["| task | model | dataset | train/reward/test | base epochs | test acc |"]
+    base_lines.append("|---|---|---|---|---|---|")
+    for task, b in bases.items():
+        sizes = "/".join(str(n) for n in b["split_sizes"])
+        base_lines.append(
+            f"| {task} | {b['model']} | {b['dataset']} | {sizes} | {b['base_epochs']} "
+            f"| {b['test_acc']:.4f} |"
+        )
+    text = [
+        f"# rlprune benchmark\n\n`{command}` ({seconds / 60:.1f} min)\n",
+        "## Base models\n",
+        "\n".join(base_lines),
+        "\n## Results (mean ± std over seeds)\n",
+        results_table(rows) if rows else "(no method run)",
+        "\n## Search throughput (per search run)\n",
+        search_throughput_table(rows) if rows else "(no search run)",
+    ]
+    if scaling:
+        text += ["\n## Search cost vs units and reward-split size (random actions)\n", scaling]
+    (out / "results.md").write_text("\n".join(text) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"command": command, "bases": bases, "rows": rows}, indent=1, default=float)
+    )
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
