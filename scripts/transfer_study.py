@@ -24,6 +24,7 @@ from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
 from envs.baselines import uniform_for_target
+from models.errors import RlpruneError
 from models.training import resolve_device
 
 
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header), flush=True)
     lines = list(header)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        lines += study(name, args, splits, device, run_dir)
+        try:
+            lines += study(name, args, splits, device, run_dir)
+        except RlpruneError as exc:  # one network's failure must not lose the others' rows
+            lines.append(f"| {name} | - | not run: {exc} | | | | | |")
+            print(lines[-1], flush=True)
         (run_dir / "transfer.md").write_text("\n".join(lines) + "\n")
     print(f"\nwritten: {run_dir / 'transfer.md'}")
     return 0
