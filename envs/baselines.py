@@ -1,10 +1,51 @@
-"""Rule-based strategies to compare the agent with: uniform pruning at a target."""
+"""Rule-based strategies to compare the agent with, each tuned to meet a cost target.
+
+* :func:`uniform_for_target`: the same pruning ratio for every unit.
+* :func:`global_for_target`: one importance threshold over all units (Torch-Pruning's global
+  pruning): channel importances are normalised within each unit, one threshold over all of them
+  decides how many channels each unit loses.
+* :func:`random_search`: the best of N random strategies drawn through the env (whose action wall
+  keeps every one of them at the target), the same number of evaluations the agent gets.
+
+The first two bisect on the env's own cost measure (measured latency ratio, or MACs ratio); all
+three return :meth:`ChannelPruningEnv.evaluate_strategy`-style results.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+import torch_pruning as tp
+
 from envs.pruning_env import ChannelPruningEnv
+from envs.units import analyse_units
+from models.errors import PruningError
+
+
+def _cost_key(env: ChannelPruningEnv) -> str:
+    return "latency_ratio" if env.config.cost == "latency" else "macs_ratio"
+
+
+def _bisect(
+    env: ChannelPruningEnv,
+    strategy: Callable[[float], dict[str, float]],
+    target: float,
+    steps: int,
+) -> float:
+    """Smallest knob in [0, 1] whose strategy meets ``target`` (cost assumed non-increasing)."""
+    key = _cost_key(env)
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if env.evaluate_strategy(strategy(mid), with_accuracy=False)[key] <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def uniform_for_target(
@@ -24,17 +65,180 @@ def uniform_for_target(
         :meth:`ChannelPruningEnv.evaluate_strategy`'s result, plus ``uniform_ratio``.
     """
     target = env.config.target if target is None else target
-    key = "latency_ratio" if env.config.cost == "latency" else "macs_ratio"
-
-    def strategy(ratio: float) -> dict[str, float]:
-        return {u.name: ratio for u in env.units}
-
     lo, hi = env.config.min_ratio, env.config.max_ratio
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        if env.evaluate_strategy(strategy(mid), with_accuracy=False)[key] <= target:
-            hi = mid
-        else:
-            lo = mid
-    result = env.evaluate_strategy(strategy(hi))
-    return {**result, "uniform_ratio": hi}
+
+    def strategy(knob: float) -> dict[str, float]:
+        return {u.name: lo + knob * (hi - lo) for u in env.units}
+
+    knob = _bisect(env, strategy, target, steps)
+    result = env.evaluate_strategy(strategy(knob))
+    return {**result, "uniform_ratio": lo + knob * (hi - lo)}
+
+
+def unit_importances(env: ChannelPruningEnv) -> list[torch.Tensor]:
+    """Per-channel importance of every unit, normalised by the unit's mean (Torch-Pruning style).
+
+    The scores are Torch-Pruning's ``GroupMagnitudeImportance`` (``p`` = 1 for the env's ``l1``
+    importance, 2 for ``l2``) on the same dependency groups the env's pruner ranks, so within a
+    unit the order is exactly the pruner's; the per-unit mean normalisation makes scores of
+    different units comparable for one global threshold.
+
+    Returns:
+        One float tensor ``[out_channels]`` per unit, in ``env.units`` order.
+
+    Raises:
+        PruningError: the re-traced units do not match the env's.
+    """
+    analysis = analyse_units(env.model, env.example_input)
+    if [u.name for u in analysis.units] != [u.name for u in env.units]:
+        raise PruningError("re-tracing the model gave other units than the env's; rebuild the env")
+    scorer = tp.importance.GroupMagnitudeImportance(
+        p=2 if env.config.importance == "l2" else 1, normalizer="mean"
+    )
+    scores = []
+    with torch.no_grad():
+        for unit, group in zip(env.units, analysis.groups, strict=True):
+            score = scorer(group)
+            scores.append(torch.ones(unit.out_channels) if score is None else score.cpu().float())
+    return scores
+
+
+def threshold_ratios(
+    scores: Sequence[torch.Tensor],
+    names: Sequence[str],
+    threshold: float,
+    *,
+    min_ratio: float = 0.0,
+    max_ratio: float = 0.8,
+) -> dict[str, float]:
+    """Per-unit pruning ratios from one global threshold: the share of channels scoring below it.
+
+    Args:
+        scores: normalised channel importances per unit.
+        names: the unit names, in the order of ``scores``.
+        threshold: channels with a lower score are removed.
+        min_ratio: smallest ratio a unit gets.
+        max_ratio: largest ratio a unit gets (a unit never loses more).
+
+    Returns:
+        ``{unit name: pruning ratio}``.
+    """
+    ratios = {}
+    for name, score in zip(names, scores, strict=True):
+        below = float((score < threshold).float().mean())
+        ratios[name] = min(max(below, min_ratio), max_ratio)
+    return ratios
+
+
+def global_for_target(
+    env: ChannelPruningEnv, target: float | None = None, *, steps: int = 12
+) -> dict[str, Any]:
+    """Global magnitude pruning: one importance threshold over all units that meets ``target``.
+
+    Channel importances are normalised within each unit (:func:`unit_importances`); a threshold
+    at the ``q``-quantile of all channels' scores gives each unit the share of its channels below
+    it (:func:`threshold_ratios`, clipped to the env's ratio range). ``q`` is bisected on the env's
+    own cost measure, then the result is fully evaluated (BN recalibration + reward accuracy).
+
+    Args:
+        env: the environment of the model to prune.
+        target: target cost ratio; the env's target when None.
+        steps: bisection steps.
+
+    Returns:
+        :meth:`ChannelPruningEnv.evaluate_strategy`'s result, plus ``threshold`` (normalised score)
+        and ``quantile`` (share of all channels below it).
+    """
+    target = env.config.target if target is None else target
+    scores = unit_importances(env)
+    names = [u.name for u in env.units]
+    pooled = torch.cat(scores).double()
+
+    def threshold(q: float) -> float:
+        return float(torch.quantile(pooled, q)) if q < 1.0 else float("inf")
+
+    def strategy(q: float) -> dict[str, float]:
+        return threshold_ratios(
+            scores,
+            names,
+            threshold(q),
+            min_ratio=env.config.min_ratio,
+            max_ratio=env.config.max_ratio,
+        )
+
+    q = _bisect(env, strategy, target, steps)
+    result = env.evaluate_strategy(strategy(q))
+    return {**result, "threshold": threshold(q), "quantile": q}
+
+
+def _rollout(env: ChannelPruningEnv, rng: np.random.Generator, seed: int | None) -> dict[str, Any]:
+    """One episode of uniform random actions; the info of its last step."""
+    env.reset(seed=seed)
+    while True:
+        action = rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
+        _, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return info
+
+
+def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
+    """The best of ``episodes`` random strategies, drawn as uniform random actions through the env.
+
+    The env's action wall keeps every strategy at the target (up to the measurement of the last
+    step), and its reward ranks them: for the ``acc`` reward that is the reward-split accuracy,
+    penalised when the measured cost overshoots the target. Ties keep the earlier episode.
+
+    Args:
+        env: the environment (its target and reward are used as they are).
+        episodes: number of strategies evaluated (the agent's episode budget).
+        seed: seed of the actions; the same seed gives the same strategies.
+
+    Returns:
+        The best episode's info (``accuracy``, ``latency_ratio``, ``strategy``, ...) plus
+        ``episode`` (its index), ``episodes``, ``seconds`` (wall time of the search) and
+        ``history`` (per episode: reward, accuracy, cost ratios and stage times).
+
+    Raises:
+        PruningError: ``episodes`` < 1.
+    """
+    if episodes < 1:
+        raise PruningError(f"random search needs at least 1 episode, got {episodes}")
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    best: dict[str, Any] | None = None
+    history = []
+    for episode in range(episodes):
+        t0 = time.perf_counter()
+        info = _rollout(env, rng, seed if episode == 0 else None)
+        history.append({**_episode_row(info), "seconds": time.perf_counter() - t0})
+        if best is None or info["reward"] > best["reward"]:
+            best = {**info, "episode": episode}
+    assert best is not None
+    return {
+        **best,
+        "episodes": episodes,
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+
+
+_ROW_KEYS = (
+    "reward",
+    "accuracy",
+    "latency_ratio",
+    "macs_ratio",
+    "params_ratio",
+    "cached",
+    "time_prune_s",
+    "time_bn_s",
+    "time_eval_s",
+    "time_latency_s",
+)
+
+
+def _episode_row(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalars of an episode's info; stage times are 0 when the result came from the cache."""
+    row = {k: info[k] for k in _ROW_KEYS if k in info}
+    if row.get("cached"):
+        row.update({k: 0.0 for k in _ROW_KEYS if k.startswith("time_")})
+    return row

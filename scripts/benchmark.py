@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -92,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="default task, target 0.5, 2 seeds, 80 ep")
+    p.add_argument(
+        "--quick", action="store_true", help="default task, target 0.5, 1 seed, 60 episodes"
+    )
     p.add_argument("--tasks", default=",".join(FULL_TASKS), help=f"of {', '.join(TASKS)}")
     p.add_argument("--targets", default="0.3,0.5,0.7", help="latency (and MACs) targets")
     p.add_argument("--seeds", default="0,1,2", help="search and fine-tune seeds")
@@ -121,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.quick:
-        args.tasks, args.targets, args.seeds, args.episodes = "default", "0.5", "0,1", 80
+        args.tasks, args.targets, args.seeds, args.episodes = "default", "0.5", "0", 60
     return args
 
 
@@ -544,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     repo_root = Path.cwd()
-    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else _argv())
+    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
 
     rows: list[dict[str, Any]] = []
@@ -563,12 +566,6 @@ def main(argv: list[str] | None = None) -> int:
     _write(out, command, rows, bases, scaling, time.perf_counter() - start)
     print(f"\n{results_table(rows)}\n\nwritten to {out}/results.md")
     return 0
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 def _write(

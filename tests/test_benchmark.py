@@ -1,0 +1,103 @@
+"""scripts/benchmark.py end to end on a tiny setting, its tables and its one-line errors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import benchmark  # noqa: E402
+import common  # noqa: E402
+
+from models.errors import RlpruneError  # noqa: E402
+
+
+def _run(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RLPRUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    proc = _run(
+        "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
+        "--warmup", "1", "--fine-tune-epochs", "1", "--latency-repeats", "3",
+        "--latency-passes", "1", "--latency-batch-size", "64", "--no-progress",
+        "--output-dir", str(out),
+        cache=tmp_path / "cache",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    for method in benchmark.METHODS:
+        assert f"| tiny | 0.8 | {method} | 1 |" in table
+    assert "episodes/s" in table
+    assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
+    assert (out / "strategies_tiny_t0.8.png").stat().st_size > 1000
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == set(benchmark.METHODS)
+    for r in rows:
+        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["test_acc_ft"] <= 1.0
+        assert r["latency_ratio"] > 0 and 0 < r["macs_ratio"] <= 1.0
+        assert r["env_latency_ratio"] > 0
+    agent = next(r for r in rows if r["method"] == "agent")
+    assert len(agent["history"]) == 3 and agent["history"][0]["seconds"] > 0
+    assert (out / "runs" / "tiny_t0.8_agent_s0" / "episodes.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tasks", "cifar11"], "unknown task ['cifar11']"),
+        (["--methods", "uniform,amc"], "unknown method ['amc']"),
+        (["--seeds", ""], "at least one seed"),
+    ],
+)
+def test_bad_flags_raise_a_named_error(tmp_path, flags, message):
+    with pytest.raises(RlpruneError, match=re.escape(message)):
+        benchmark.main([*flags, "--output-dir", str(tmp_path)])
+
+
+def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_cli(
+            lambda: benchmark.main(["--tasks", "cifar11", "--output-dir", str(tmp_path)])
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown task") and len(err.splitlines()) == 1
+
+
+def test_cifar10_source_prefers_the_shared_folder_and_falls_back_to_torchvision(tmp_path):
+    assert benchmark.cifar10_source("auto", tmp_path / "repo") == "cifar10"
+    (tmp_path / "shared" / "data" / "cifar10" / "train").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    assert benchmark.cifar10_source("auto", tmp_path / "repo").startswith("imagefolder:")
+    assert benchmark.cifar10_source("imagefolder:/x", tmp_path) == "imagefolder:/x"
+
+
+def test_episode_split_attributes_the_rest_to_the_agent():
+    history = [
+        {"time_prune_s": 0.1, "time_bn_s": 0.1, "time_eval_s": 0.2, "time_latency_s": 0.1,
+         "seconds": 1.0, "cached": False},
+        {"time_prune_s": 0.0, "time_bn_s": 0.0, "time_eval_s": 0.0, "time_latency_s": 0.0,
+         "seconds": 0.2, "cached": True},
+    ]  # fmt: skip
+    split = benchmark.episode_split(history)
+    assert split["episode_s"] == pytest.approx(0.6)
+    assert split["rest_s"] == pytest.approx(0.6 - 0.25)
+    assert split["cached"] == 0.5
+    assert "| 1.67 |" in benchmark.split_row("x", 6, split)
