@@ -24,7 +24,11 @@ class EpisodeLimit(BaseCallback):
         self.search = search
         self.target_episode = search.episode + episodes
         self.bar = tqdm(
-            total=episodes, desc="search", unit="ep", disable=not progress, dynamic_ncols=True
+            total=episodes,
+            desc="search",
+            unit="ep",
+            disable=None if progress else True,  # None: only on a terminal, not in a log file
+            dynamic_ncols=True,
         )
 
     def _on_step(self) -> bool:

@@ -132,7 +132,9 @@ def train_model(
     try:
         with (
             torch.random.fork_rng(devices=_cuda_devices(device)),
-            tqdm(total=config.epochs * steps, desc=desc, disable=not config.progress) as bar,
+            tqdm(
+                total=config.epochs * steps, desc=desc, disable=None if config.progress else True
+            ) as bar,
         ):
             torch.manual_seed(config.seed)
             generator = torch.Generator().manual_seed(config.seed)
