@@ -67,21 +67,16 @@ def test_train_agent_end_to_end(trained_run):
     assert "| original |" in report and "Best strategy" in report
 
 
-def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
+def run_agent_on_resnet20(script, model_flag, trained_run, out):
+    """``script`` with the trained agent on resnet20, 2 search episodes, tiny settings."""
     run_dir, _, cache = trained_run
-    proc = run(
-        "apply_agent.py",
-        "--agent",
-        str(run_dir / "agent.zip"),
-        "--model",
-        "resnet20",
-        *TINY,
-        "--episodes",
-        "2",
-        "--output-dir",
-        str(tmp_path),
-        cache=cache,
-    )
+    agent = str(run_dir / "agent.zip")
+    args = ["--agent", agent, model_flag, "resnet20", *TINY, "--episodes", "2"]
+    return run(script, *args, "--output-dir", str(out), cache=cache)
+
+
+def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
+    proc = run_agent_on_resnet20("apply_agent.py", "--model", trained_run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "zero-shot:" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
     out = tmp_path / "apply_resnet20_digits_macs0.5_s0"
@@ -89,20 +84,7 @@ def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
 
 
 def test_transfer_study_table(trained_run, tmp_path):
-    run_dir, _, cache = trained_run
-    proc = run(
-        "transfer_study.py",
-        "--agent",
-        str(run_dir / "agent.zip"),
-        "--models",
-        "resnet20",
-        *TINY,
-        "--episodes",
-        "2",
-        "--output-dir",
-        str(tmp_path),
-        cache=cache,
-    )
+    proc = run_agent_on_resnet20("transfer_study.py", "--models", trained_run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "transfer_digits" / "transfer.md").read_text()
     for method in ("zero-shot", "warm-start", "scratch", "uniform"):
