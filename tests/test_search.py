@@ -104,3 +104,34 @@ def test_bad_agent_files_give_clear_errors(env, tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="not a readable rlprune agent"):
         load_agent(bad, env)
+
+
+class InterruptAfter:
+    """Wraps an env's step to raise KeyboardInterrupt (Ctrl-C) after ``steps`` steps."""
+
+    def __init__(self, env, steps: int) -> None:
+        self.env, self.steps, self.original = env, steps, env.step
+
+    def __enter__(self):
+        def step(action):
+            self.steps -= 1
+            if self.steps < 0:
+                raise KeyboardInterrupt
+            return self.original(action)
+
+        self.env.step = step
+        return self
+
+    def __exit__(self, *exc):
+        self.env.step = self.original
+
+
+def test_ctrl_c_keeps_agent_buffer_and_best_strategy(env, tmp_path):
+    agent = make_agent(env, AgentConfig(warmup_episodes=2, batch_size=8), num_units=6)
+    with InterruptAfter(env, steps=3 * env.num_units + 2):
+        result = run_search(agent, tmp_path, 10, max_units=env.num_units, progress=False)
+    assert result.interrupted and result.episodes == 3
+    for name in ("agent.zip", "replay_buffer.pkl", "best_strategy.json", "search_state.json"):
+        assert (tmp_path / name).is_file(), name
+    assert read_search_state(tmp_path)["episode"] == 3
+    load_agent(tmp_path / "agent.zip", env)
