@@ -201,6 +201,7 @@ class ChannelPruningEnv(gym.Env):
         self._cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._keep: list[float] = []
         self._ratios: list[float] = []
+        self._floor = 0.0
 
     # ----------------------------------------------------------------- cost models
     def _latency_estimate_ms(self, keep: Sequence[float]) -> float:
@@ -256,6 +257,7 @@ class ChannelPruningEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         t = len(self._keep)
+        self._floor = self._required_ratio()  # the wall for this unit; step() reuses it
         ones = [1.0] * (self.num_units - t)
         shares = self.latency_share if self.config.cost == "latency" else self.macs_share
         return unit_features(
@@ -266,7 +268,7 @@ class ChannelPruningEnv(gym.Env):
             cost_rest=float(shares[t + 1 :].sum()),
             previous_ratio=self._ratios[-1] if self._ratios else 0.0,
             target=self.config.target,
-            required_ratio=self._required_ratio(),
+            required_ratio=self._floor,
         )
 
     def reset(
@@ -287,7 +289,7 @@ class ChannelPruningEnv(gym.Env):
             raise RlpruneError("step() called after the episode ended; call reset() first")
         unit = self.units[len(self._keep)]
         wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
-        ratio = min(max(wanted, self._required_ratio()), self.config.max_ratio)
+        ratio = min(max(wanted, self._floor), self.config.max_ratio)
         # The cost estimates of later steps see the channel count this ratio really keeps.
         self._keep.append(self.pruner.keep_fractions({unit.name: ratio})[unit.index])
         self._ratios.append(ratio)

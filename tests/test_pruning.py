@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch_pruning as tp
-import torchvision
+from archs import ARCHS
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -30,13 +30,6 @@ from models.errors import CheckpointError, PruningError
 from models.zoo import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHS = {
-    "vgg_small": (lambda: SMALL_ARCHITECTURES["vgg_small"](1, 10), (1, 16, 16)),
-    "resnet20": (lambda: SMALL_ARCHITECTURES["resnet20"](3, 10), (3, 16, 16)),
-    "mobilenetv2_small": (lambda: SMALL_ARCHITECTURES["mobilenetv2_small"](3, 10), (3, 16, 16)),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32)),
-    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
-}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

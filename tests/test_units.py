@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
+from archs import ARCHS
 from torch import Tensor, nn
 
 from envs.pruning import Pruner, count_cost
 from envs.units import LayerCost, estimate_cost, find_units
-from models.architectures import SMALL_ARCHITECTURES
 from models.errors import PruningError
 
-# name -> (builder, input shape); small inputs keep tracing fast.
-ARCHS = {
-    "vgg_small": (lambda: SMALL_ARCHITECTURES["vgg_small"](1, 10), (1, 16, 16)),
-    "resnet20": (lambda: SMALL_ARCHITECTURES["resnet20"](3, 10), (3, 16, 16)),
-    "mobilenetv2_small": (lambda: SMALL_ARCHITECTURES["mobilenetv2_small"](3, 10), (3, 16, 16)),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32)),
-    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
-}
 EXPECTED_UNITS = {"vgg_small": 6, "resnet20": 12, "mobilenetv2_small": 18, "resnet18": 12}
 
 
