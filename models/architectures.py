@@ -41,17 +41,21 @@ class VGGSmall(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; a 1x1 conv shortcut when the shape changes (option B)."""
+    """ResNet basic block; a 1x1 conv shortcut when the shape changes (option B).
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    With ``residual=False`` it is two plain conv-BN-ReLU layers (AMC's Plain-20 building block).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, residual: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
+        if residual and (stride != 1 or cin != cout):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
             )
@@ -59,14 +63,22 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x) if self.residual else out)
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet (He et al. 2016): 3 stages of ``n`` basic blocks, depth = 6n + 2."""
+    """CIFAR ResNet (He et al. 2016): 3 stages of ``n`` basic blocks, depth = 6n + 2.
+
+    ``residual=False`` drops every shortcut: the plain network of the same depth.
+    """
 
     def __init__(
-        self, depth: int = 20, in_channels: int = 3, num_classes: int = 10, width: int = 16
+        self,
+        depth: int = 20,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        width: int = 16,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6:
@@ -78,7 +90,7 @@ class CifarResNet(nn.Module):
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(cin, cout, stride))
+                blocks.append(BasicBlock(cin, cout, stride, residual))
                 cin = cout
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -140,6 +152,16 @@ def resnet20(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return CifarResNet(20, in_channels, num_classes)
 
 
+def plain20(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """AMC's Plain-20: ResNet-20 without shortcuts, 19 independently prunable convs."""
+    return CifarResNet(20, in_channels, num_classes, residual=False)
+
+
+def vgg_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """An 8-conv CIFAR VGG (widths 32-64-128-256, two convs per stage, 1.2M parameters)."""
+    return VGGSmall(in_channels, num_classes, widths=(32, 64, 128, 256))
+
+
 def resnet56(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     """CIFAR ResNet-56 (widths 16-32-64)."""
     return CifarResNet(56, in_channels, num_classes)
@@ -153,6 +175,8 @@ def mobilenetv2_small(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 SMALL_ARCHITECTURES = {
     "vgg_small": vgg_small,
     "resnet20": resnet20,
+    "plain20": plain20,
+    "vgg_cifar": vgg_cifar,
     "resnet56": resnet56,
     "mobilenetv2_small": mobilenetv2_small,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +31,7 @@ from models.errors import RlpruneError
 from models.zoo import build_model
 
 OPTIMIZERS = ("sgd", "adam")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,13 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty (SGD) or decoupled weight decay (AdamW).
         batch_size: Images per step.
-        seed: Seed of the batch order and of random layers (dropout); :func:`get_base_model`
-            also seeds the initial weights with it.
+        seed: Seed of the batch order, the augmentation and random layers (dropout);
+            :func:`get_base_model` also seeds the initial weights with it.
+        augment: Random-crop (zero padding of 4 px, i.e. the train mean after normalisation)
+            and horizontal-flip every training image, the standard CIFAR augmentation. Leave it
+            off for digits, whose meaning a flip changes.
+        label_smoothing: Cross-entropy label smoothing in [0, 1).
+        nesterov: Nesterov momentum (SGD only).
         progress: Show a tqdm progress bar.
     """
 
@@ -59,15 +66,24 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64
     seed: int = 0
+    augment: bool = False
+    label_smoothing: float = 0.0
+    nesterov: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise RlpruneError(f"unknown optimizer '{self.optimizer}'; use one of {OPTIMIZERS}")
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+        if (
+            self.epochs < 0
+            or self.lr <= 0
+            or self.batch_size < 1
+            or not 0 <= self.label_smoothing < 1
+        ):
             raise RlpruneError(
                 f"invalid training settings: epochs={self.epochs} (>= 0), lr={self.lr} (> 0), "
-                f"batch_size={self.batch_size} (>= 1)"
+                f"batch_size={self.batch_size} (>= 1), label_smoothing={self.label_smoothing} "
+                "(in [0, 1))"
             )
 
 
@@ -141,7 +157,16 @@ def train_model(
             for epoch in range(1, config.epochs + 1):
                 batches = torch.randperm(len(y), generator=generator)[: steps * config.batch_size]
                 loss, acc = _train_epoch(
-                    model, x, y, batches.split(config.batch_size), optimizer, schedule, device, bar
+                    model,
+                    x,
+                    y,
+                    batches.split(config.batch_size),
+                    optimizer,
+                    schedule,
+                    device,
+                    bar,
+                    config,
+                    generator,
                 )
                 if not math.isfinite(loss):
                     raise RlpruneError(
@@ -160,6 +185,7 @@ def train_model(
                     }
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+                log.info("%s epoch %d/%d: %s", desc, epoch, config.epochs, history[-1])
     finally:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
@@ -175,16 +201,21 @@ def _train_epoch(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device | str,
     bar: tqdm,
+    config: TrainConfig,
+    generator: torch.Generator,
 ) -> tuple[float, float]:
     """One pass over ``batches`` (index tensors); returns mean loss and accuracy in [0, 1]."""
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     for idx in batches:
-        inputs = x[idx].to(device, memory_format=torch.channels_last)
+        inputs = x[idx]
+        if config.augment:
+            inputs = random_crop_flip(inputs, generator=generator)
+        inputs = inputs.to(device, memory_format=torch.channels_last)
         labels = y[idx].to(device)
         logits = model(inputs)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -194,6 +225,33 @@ def _train_epoch(
         bar.update()
     seen = sum(len(idx) for idx in batches)
     return total_loss.item() / seen, correct.item() / seen
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Crops each image at a random offset of its zero-padded copy, and flips half of them.
+
+    Args:
+        images: ``[N, C, H, W]``.
+        padding: Pixels of zeros added on every side before cropping back to ``H x W``.
+        generator: Source of the offsets and flips (CPU).
+
+    Returns:
+        A new ``[N, C, H, W]`` tensor; image ``i`` is ``padded[i, :, r:r+H, c:c+W]`` with
+        ``r, c`` uniform in ``[0, 2 * padding]``, mirrored left-right with probability 1/2.
+    """
+    n, channels, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    rows = top + torch.arange(height)  # [N, H]
+    cols = left + torch.arange(width)  # [N, W]
+    cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(channels)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def fine_tune(
@@ -308,7 +366,11 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
     )
 
 

@@ -9,6 +9,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--augment", action="store_true", help="random crop (pad 4) + horizontal flip (CIFAR)"
+    )
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data split and training")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", default=None, help="default: $RLPRUNE_CACHE or ~/.cache")
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_datasets()))
     if args.list_models or args.list_datasets:
         return 0
+    if args.no_progress:  # one line per epoch instead of the bar (for logs)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = resolve_device(args.device)
     splits = load_dataset(
         args.dataset,
@@ -84,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         batch_size=args.batch_size,
         seed=args.seed,
+        augment=args.augment,
+        label_smoothing=args.label_smoothing,
+        nesterov=args.nesterov,
         progress=not args.no_progress,
     )
     _, info = get_base_model(

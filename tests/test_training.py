@@ -17,6 +17,7 @@ from models.training import (
     evaluate,
     fine_tune,
     get_base_model,
+    random_crop_flip,
     resolve_device,
     train_model,
 )
@@ -44,6 +45,30 @@ def test_train_config_rejects_bad_settings() -> None:
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(RlpruneError, match="lr=0"):
         TrainConfig(lr=0)
+
+
+def test_random_crop_flip_shifts_and_mirrors_each_image() -> None:
+    # Image i holds the value 100*i + 10*row + col, so every output pixel tells where it came from.
+    n, size, pad = 64, 6, 2
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images = (100 * torch.arange(n)[:, None, None] + 10 * rows + cols).float()[:, None] + 1
+    out = random_crop_flip(images, padding=pad, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    flips, shifts = 0, set()
+    for i in range(n):
+        src = out[i, 0]
+        inside = src > 0  # padding is zero, image pixels are >= 1
+        values = src[inside] - 1 - 100 * i
+        assert ((values >= 0) & (values < 100)).all()  # only pixels of its own image
+        r, c = values // 10, values % 10
+        # a crop keeps rows in order; columns in order, or reversed when flipped
+        flipped = c.view(-1)[0] > c.view(-1)[-1] if inside.sum() > 1 else False
+        flips += int(flipped)
+        row_of = (r - torch.nonzero(inside)[:, 0]).unique()
+        assert len(row_of) == 1  # one vertical shift per image
+        shifts.add(int(row_of))
+    assert 0.3 < flips / n < 0.7  # about half are mirrored
+    assert shifts <= set(range(-pad, pad + 1)) and len(shifts) > 1
 
 
 def test_training_learns_digits_and_is_seeded(digits_splits: DataSplits) -> None:
