@@ -9,6 +9,9 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   episode's transitions and writes them to the replay buffer once the episode ends.
 * **Truncated-normal exploration** around the actor's output, its sigma decaying per episode after
   the warm-up (:class:`DecayingTruncatedNormalNoise`, used by :meth:`AMCDDPG._sample_action`).
+  AMC's fixed decay (0.95 per episode) leaves sigma ~0 after 100 exploitation episodes, so the
+  rest of a longer search re-evaluates one strategy; by default the decay is instead tied to the
+  episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps).
 """
@@ -45,7 +48,11 @@ class AgentConfig:
         buffer_episodes: replay buffer size in episodes (x number of units = transitions).
         warmup_episodes: episodes of uniform random actions before learning starts.
         noise_sigma: exploration sigma at the end of the warm-up, in ratio units (action range 1).
-        noise_decay: sigma multiplier per episode after the warm-up.
+        noise_decay: sigma multiplier per episode after the warm-up; None ties it to the budget
+            (sigma falls geometrically to ``noise_final`` at episode ``episodes``), or AMC's 0.95
+            when ``episodes`` is None.
+        noise_final: sigma at the last episode of the budget (with ``noise_decay=None``).
+        episodes: the search's episode budget, warm-up included (None: unknown).
         gamma: discount (irrelevant with ``episode_reward``: every transition is terminal).
         episode_reward: credit the final reward to every transition of the episode (AMC).
         baseline_alpha: rate of the moving-average reward baseline subtracted at sampling (AMC).
@@ -61,12 +68,47 @@ class AgentConfig:
     buffer_episodes: int = 100
     warmup_episodes: int = 100
     noise_sigma: float = 0.5
-    noise_decay: float = 0.95
+    noise_decay: float | None = None
+    noise_final: float = 0.05
+    episodes: int | None = None
     gamma: float = 1.0
     episode_reward: bool = True
     baseline_alpha: float = 0.5
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.episodes is not None and self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if not 0 < self.noise_final <= self.noise_sigma:
+            raise ValueError(
+                f"noise_final must be in (0, noise_sigma={self.noise_sigma}], got {self.noise_final}"
+            )
+
+    @property
+    def decay(self) -> float:
+        """The sigma multiplier per exploitation episode this configuration uses."""
+        if self.noise_decay is not None:
+            return self.noise_decay
+        if self.episodes is None:
+            return AMC_NOISE_DECAY
+        return budget_noise_decay(
+            self.noise_sigma, self.noise_final, self.episodes - self.warmup_episodes
+        )
+
+
+AMC_NOISE_DECAY = 0.95
+
+
+def budget_noise_decay(sigma: float, final: float, exploit_episodes: int) -> float:
+    """Per-episode decay taking sigma from ``sigma`` to ``final`` over ``exploit_episodes``.
+
+    ``sigma * decay ** exploit_episodes == final``; 1.0 (no decay) when there is no episode left
+    after the warm-up.
+    """
+    if exploit_episodes < 1:
+        return 1.0
+    return (final / sigma) ** (1.0 / exploit_episodes)
 
 
 class EpisodeRewardBuffer(ReplayBuffer):
@@ -177,7 +219,7 @@ def make_agent(
 ) -> AMCDDPG:
     """A fresh DDPG agent with AMC's defaults for an env whose episodes have ``num_units`` steps."""
     noise = DecayingTruncatedNormalNoise(
-        config.noise_sigma, config.noise_decay, config.warmup_episodes, seed=config.seed
+        config.noise_sigma, config.decay, config.warmup_episodes, seed=config.seed
     )
     buffer_kwargs: dict[str, Any] = {}
     buffer_class: type[ReplayBuffer] = ReplayBuffer
@@ -229,4 +271,6 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
 
 def agent_config_dict(config: AgentConfig) -> dict[str, Any]:
     """Hyperparameters as a flat dict of scalars (for TensorBoard's HParams and config.json)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    values["noise_decay"] = config.decay  # the decay in use, also when tied to the budget
+    return {k: ("none" if v is None else v) for k, v in values.items()}

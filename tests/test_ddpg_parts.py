@@ -3,7 +3,12 @@
 import numpy as np
 from gymnasium import spaces
 
-from agents.ddpg import DecayingTruncatedNormalNoise, EpisodeRewardBuffer
+from agents.ddpg import (
+    AgentConfig,
+    DecayingTruncatedNormalNoise,
+    EpisodeRewardBuffer,
+    budget_noise_decay,
+)
 
 
 def _buffer():
@@ -48,3 +53,22 @@ def test_noise_is_truncated_to_the_action_range_and_decays_after_warmup():
     assert noise.current_sigma == start  # still inside the warm-up
     noise.reset()
     assert np.isclose(noise.current_sigma, start * 0.9)
+
+
+def test_noise_decay_is_tied_to_the_episode_budget():
+    # 100 warm-up + 200 exploitation episodes: sigma 0.5 -> 0.05 means 0.1 ** (1/200) per episode.
+    config = AgentConfig(warmup_episodes=100, episodes=300, noise_sigma=0.5, noise_final=0.05)
+    assert np.isclose(config.decay, 0.1 ** (1 / 200))
+    noise = DecayingTruncatedNormalNoise(0.5, config.decay, 100, seed=0)
+    for _ in range(300):
+        noise.reset()
+    assert np.isclose(noise.current_sigma, 2 * 0.05)  # [-1, 1] units: twice the ratio sigma
+    noise_half = DecayingTruncatedNormalNoise(0.5, config.decay, 100, seed=0)
+    for _ in range(200):
+        noise_half.reset()
+    # Halfway through the exploitation phase sigma is still sqrt(0.5 * 0.05), not ~0 as with
+    # AMC's 0.95 (0.5 * 0.95 ** 100 = 0.003).
+    assert np.isclose(noise_half.current_sigma / 2, np.sqrt(0.5 * 0.05))
+    assert AgentConfig().decay == 0.95  # budget unknown: AMC's decay
+    assert AgentConfig(noise_decay=0.9, episodes=300).decay == 0.9  # explicit wins
+    assert budget_noise_decay(0.5, 0.05, 0) == 1.0  # no exploitation episode: no decay
