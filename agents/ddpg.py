@@ -82,7 +82,8 @@ class AgentConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if not 0 < self.noise_final <= self.noise_sigma:
             raise ValueError(
-                f"noise_final must be in (0, noise_sigma={self.noise_sigma}], got {self.noise_final}"
+                f"noise_final must be in (0, noise_sigma={self.noise_sigma}], "
+                f"got {self.noise_final}"
             )
 
     @property
