@@ -26,6 +26,8 @@ import numpy as np  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat  # noqa: E402
 
+from agents.checkpoint import drop_partial_episode, write_checkpoint  # noqa: E402
+
 CSV_FIELDS = (
     "episode",
     "model",
@@ -89,9 +91,14 @@ class SearchCallback(BaseCallback):
     """Logs every finished episode and keeps the run directory resumable.
 
     Writes into ``run_dir``: ``episodes.csv`` (one row per episode), ``best_strategy.json`` (on
-    every new best; with several networks, ``best_strategy_<model>.json`` for each),
-    ``agent.zip`` + ``replay_buffer.pkl`` + ``search_state.json`` every ``checkpoint_every``
-    episodes and at the end of training.
+    every new best; with several networks, ``best_strategy_<model>.json`` for each), and a
+    checkpoint (:mod:`agents.checkpoint`: agent, replay buffer, RNG state, search state) at the
+    start, every ``checkpoint_every`` episodes and at the end of training. Checkpoints are taken
+    between episodes, after the agent has stored and trained on the finished one, so a resumed
+    search continues exactly where the checkpoint left off.
+
+    A resumed search (``state`` given) cuts ``episodes.csv`` back to the checkpoint's episodes
+    (a killed run may have logged more) and keeps a best strategy found after the checkpoint.
 
     Args:
         run_dir: output directory of the run.
@@ -99,6 +106,8 @@ class SearchCallback(BaseCallback):
         checkpoint_every: episodes between checkpoints of the agent and its replay buffer.
         figure_every: episodes between heat-map figures.
         state: the ``search_state.json`` of a resumed run (episode count, best result).
+        noise: the agent's exploration noise as checkpointed, put back at the start of a resumed
+            search (SB3 resets the noise when learning starts, which would skip an episode).
         extra_best: extra fields written into ``best_strategy.json`` (e.g. target, cost).
         per_model: several networks are searched: one best file and figure per network.
     """
@@ -113,6 +122,7 @@ class SearchCallback(BaseCallback):
         state: dict[str, Any] | None = None,
         extra_best: dict[str, Any] | None = None,
         per_model: bool = False,
+        noise: Any = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -122,9 +132,12 @@ class SearchCallback(BaseCallback):
         self.figure_every = figure_every
         self.extra_best = extra_best or {}
         self.per_model = per_model
+        self.resumed = state is not None
+        self.noise = noise
         state = state or {}
         self.episode: int = state.get("episode", 0)
         self.bests: dict[str, dict[str, Any]] = state.get("bests", {})
+        self._saved_episode: int | None = self.episode if self.resumed else None
         self.history: dict[str, list[list[float]]] = {}
         self.unit_names: dict[str, list[str]] = {}
         self.writer = None
@@ -153,10 +166,39 @@ class SearchCallback(BaseCallback):
             self.logger.record(
                 "hparams", HParam(hp, metrics), exclude=("stdout", "log", "json", "csv")
             )
-        csv_path = self.run_dir / "episodes.csv"
-        if not csv_path.exists():
-            with csv_path.open("w", newline="") as f:
-                csv.writer(f).writerow(CSV_FIELDS)
+        if self.noise is not None:
+            self.model.action_noise = self.noise
+        if self.resumed:
+            self._restore_bests()
+        self._truncate_csv()
+
+    def _truncate_csv(self) -> None:
+        """Keep the rows of ``episodes.csv`` up to the current episode (all of them, or none)."""
+        path = self.run_dir / "episodes.csv"
+        rows = []
+        if path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= self.episode]
+        tmp = self.run_dir / ".episodes.csv.tmp"
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+
+    def _restore_bests(self) -> None:
+        """Take back a best strategy written after the checkpoint (the run was killed later)."""
+        pattern = "best_strategy_*.json" if self.per_model else "best_strategy.json"
+        for path in sorted(self.run_dir.glob(pattern)):
+            try:
+                best = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a best file is written atomically; a foreign file is not ours
+            model = best.get("model", "model")
+            if isinstance(best.get("reward"), int | float) and best["reward"] > self.best_reward(
+                model
+            ):
+                self.bests[model] = best
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
@@ -196,7 +238,10 @@ class SearchCallback(BaseCallback):
         self.history.setdefault(model, []).append(list(info["strategy"].values()))
         if self.episode % self.figure_every == 0:
             self._log_heatmaps()
-        if self.episode % self.checkpoint_every == 0:
+
+    def _on_rollout_start(self) -> None:
+        # Between episodes: the last one is stored in the buffer and trained on.
+        if self.episode % self.checkpoint_every == 0 and self.episode != self._saved_episode:
             self.save_checkpoint()
 
     def _log_best(self, model: str) -> None:
@@ -221,14 +266,21 @@ class SearchCallback(BaseCallback):
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.run_dir / name)
 
-    def save_checkpoint(self) -> None:
-        """Save agent, replay buffer and search state (episode count, best) into the run dir."""
-        self.model.save(self.run_dir / "agent.zip")
-        self.model.save_replay_buffer(self.run_dir / "replay_buffer.pkl")
-        self._write_json("search_state.json", {"episode": self.episode, "bests": self.bests})
+    def save_checkpoint(self, *, mid_episode: bool = False) -> None:
+        """Save agent, replay buffer, RNG state and search state (episodes, bests) as one set.
+
+        Args:
+            mid_episode: the search stopped inside an episode (Ctrl-C, crash): its transitions
+                are dropped so that a resumed search does not credit them with another reward.
+        """
+        if mid_episode:
+            drop_partial_episode(self.model)
+        write_checkpoint(self.model, self.run_dir, {"episode": self.episode, "bests": self.bests})
+        self._saved_episode = self.episode
 
     def _on_training_end(self) -> None:
         self._log_heatmaps()
-        self.save_checkpoint()
+        if self.episode != self._saved_episode:
+            self.save_checkpoint()
         if self.writer is not None:
             self.writer.flush()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,21 @@ from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
 from agents.callbacks import SearchCallback
+from agents.checkpoint import load_checkpoint, read_state
 from agents.ddpg import AMCDDPG
 
 
+class EpisodeBudgetReached(Exception):
+    """Raised between episodes once the episode budget is spent (ends SB3's ``learn``)."""
+
+
 class EpisodeLimit(BaseCallback):
-    """Stops learning after ``episodes`` finished episodes; shows a progress bar with the best."""
+    """Stops learning after ``episodes`` finished episodes; shows a progress bar with the best.
+
+    The stop comes at the start of the next rollout, after SB3 has stored the last episode's
+    transitions and trained on them (stopping in ``on_step`` would skip both), and before any
+    random number of the next episode is drawn.
+    """
 
     def __init__(self, search: SearchCallback, episodes: int, progress: bool = True) -> None:
         super().__init__()
@@ -42,7 +53,11 @@ class EpisodeLimit(BaseCallback):
                     acc=f"{best['accuracy']:.3f}",
                     lat=f"{best['latency_ratio']:.2f}",
                 )
-        return self.search.episode < self.target_episode
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.search.episode >= self.target_episode:
+            raise EpisodeBudgetReached
 
     def _on_training_end(self) -> None:
         self.bar.close()
@@ -60,9 +75,26 @@ class SearchResult:
 
 
 def read_search_state(run_dir: str | Path) -> dict[str, Any] | None:
-    """The ``search_state.json`` of a run directory, or None when there is none."""
-    path = Path(run_dir) / "search_state.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The checkpoint's ``search_state.json`` of a run directory, or None when there is none.
+
+    An interrupted checkpoint write is completed or discarded first, and the checkpoint's files
+    are verified (:func:`agents.checkpoint.read_state`).
+    """
+    return read_state(run_dir)
+
+
+def resume(run_dir: str | Path, env: Any, device: str = "cpu") -> tuple[AMCDDPG, dict[str, Any]]:
+    """The agent of a run's last checkpoint, ready to continue, and the checkpoint's state.
+
+    The agent comes with its replay buffer (without any unfinished episode) and the random
+    generators as they were at the checkpoint; pass the state to :func:`run_search` as
+    ``resume_state``. With a deterministic environment the continued search then equals the
+    uninterrupted one.
+
+    Raises:
+        CheckpointError: No checkpoint in ``run_dir``, or one that does not fit ``env``.
+    """
+    return load_checkpoint(run_dir, env, device)
 
 
 def run_search(
@@ -81,10 +113,11 @@ def run_search(
 ) -> SearchResult:
     """Let ``agent`` search for ``episodes`` episodes, logging into ``run_dir``.
 
-    TensorBoard events, ``episodes.csv``, ``best_strategy.json``, ``agent.zip``,
-    ``replay_buffer.pkl`` and ``search_state.json`` are written into ``run_dir``. On Ctrl-C the
-    agent, its buffer and the best strategy are saved and the result is marked ``interrupted``;
-    on any other error they are saved before the error propagates.
+    TensorBoard events, ``episodes.csv``, ``best_strategy.json`` and the checkpoint
+    (``agent.zip``, ``replay_buffer.pkl``, ``rng_state.pkl``, ``search_state.json``, see
+    :mod:`agents.checkpoint`) are written into ``run_dir``. On Ctrl-C the agent, its buffer and
+    the best strategy are saved (an unfinished episode is dropped) and the result is marked
+    ``interrupted``; on any other error they are saved before the error propagates.
 
     Args:
         agent: the DDPG agent, its env already set.
@@ -93,7 +126,7 @@ def run_search(
         max_units: the most steps an episode can have (bounds SB3's timestep budget).
         hparams: hyperparameters shown in TensorBoard's HParams tab.
         extra_best: extra fields for ``best_strategy.json``.
-        resume_state: ``search_state.json`` of the run being continued.
+        resume_state: ``search_state.json`` of the run being continued (see :func:`resume`).
         checkpoint_every: episodes between checkpoints.
         figure_every: episodes between heat-map figures.
         progress: show a progress bar.
@@ -110,25 +143,30 @@ def run_search(
         state=resume_state,
         extra_best=extra_best,
         per_model=per_model,
+        noise=copy.deepcopy(agent.action_noise) if resume_state is not None else None,
     )
     start_episode = search.episode
     limit = EpisodeLimit(search, episodes, progress)
+    callbacks = CallbackList([search, limit])
     start = time.perf_counter()
     interrupted = False
     try:
         agent.learn(
             total_timesteps=(episodes + 1) * max_units,
-            callback=CallbackList([search, limit]),
+            callback=callbacks,
             log_interval=1,
             reset_num_timesteps=resume_state is None,
         )
+    except EpisodeBudgetReached:
+        callbacks.on_training_end()
     except KeyboardInterrupt:
         interrupted = True
-        search.save_checkpoint()
         limit.bar.close()
+        search.save_checkpoint(mid_episode=True)
     except BaseException:
-        search.save_checkpoint()
         limit.bar.close()
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            search.save_checkpoint(mid_episode=True)
         raise
     return SearchResult(
         best=search.best,
