@@ -5,10 +5,18 @@
   pruning): channel importances are normalised within each unit, one threshold over all of them
   decides how many channels each unit loses.
 * :func:`random_search`: the best of N random strategies drawn through the env (whose action wall
-  keeps every one of them at the target), the same number of evaluations the agent gets.
+  keeps every one of them at the target), the same number of evaluations the agent gets. Per-unit
+  random actions through the wall push the late units to the maximum ratio.
+* :func:`sampled_search`: EagleEye's random search (Li et al., ECCV 2020): whole strategies drawn
+  at random and projected onto the target band of the env's cost estimate, so every unit's ratio
+  is random and every candidate meets the target.
+* :func:`tpe_search`: Optuna's TPE sampler proposes the per-unit propensities of the same
+  projection, learning from the rewards of earlier candidates.
 
 The first two bisect on the env's own cost measure (measured latency ratio, or MACs ratio); all
-three return :meth:`ChannelPruningEnv.evaluate_strategy`-style results.
+return :meth:`ChannelPruningEnv.evaluate_strategy`-style results. The three searches run whole
+episodes through the env (so its latency calibration, caches and callbacks see them as the
+agent's) and return the best episode with the per-episode history.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import torch_pruning as tp
 
 from envs.pruning_env import ChannelPruningEnv
 from envs.units import analyse_units
-from models.errors import PruningError
+from models.errors import PruningError, RlpruneError
 
 
 def _cost_key(env: ChannelPruningEnv) -> str:
@@ -181,6 +189,164 @@ def _rollout(env: ChannelPruningEnv, rng: np.random.Generator, seed: int | None)
             return info
 
 
+def estimated_cost(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> float:
+    """The env's cost estimate (calibrated latency table, or MACs) of ``strategy``, as a ratio."""
+    keep = env.pruner.keep_fractions(strategy)
+    return env.latency_estimate(keep) if env.config.cost == "latency" else env.macs_estimate(keep)
+
+
+def project_to_target(
+    env: ChannelPruningEnv,
+    propensity: Sequence[float],
+    target: float | None = None,
+    *,
+    steps: int = 30,
+) -> dict[str, float]:
+    """The strategy of the given per-unit propensities that just meets ``target``.
+
+    Unit ``i`` gets ``min_ratio + (max_ratio - min_ratio) * min(1, s * propensity[i])``; the
+    scale ``s`` is bisected to the smallest value whose estimated cost (:func:`estimated_cost`)
+    is at most ``target``. Units with a larger propensity are pruned more; all units reach the
+    maximum ratio together only if the target needs it.
+
+    Args:
+        env: the environment of the model to prune.
+        propensity: one value in (0, 1] per unit, in ``env.units`` order.
+        target: target cost ratio; the env's target when None.
+        steps: bisection steps.
+
+    Returns:
+        ``{unit name: pruning ratio}``.
+    """
+    target = env.config.target if target is None else target
+    p = np.clip(np.asarray(propensity, dtype=float), 1e-3, 1.0)
+    if p.shape != (env.num_units,):
+        raise PruningError(f"need one propensity per unit ({env.num_units}), got {p.shape}")
+    lo, hi = env.config.min_ratio, env.config.max_ratio
+
+    def strategy(scale: float) -> dict[str, float]:
+        fractions = np.minimum(1.0, scale * p)
+        return {
+            u.name: lo + (hi - lo) * float(f) for u, f in zip(env.units, fractions, strict=True)
+        }
+
+    low, high = 0.0, 1.0 / float(p.min())  # at ``high`` every unit is at max_ratio
+    if estimated_cost(env, strategy(low)) > target:
+        for _ in range(steps):
+            mid = 0.5 * (low + high)
+            if estimated_cost(env, strategy(mid)) <= target:
+                high = mid
+            else:
+                low = mid
+        low = high
+    # The bisection ends on a rounding boundary of some unit's channel count; snap every ratio
+    # to the count it keeps, so that replaying it (float32 actions) keeps the same channels.
+    kept = env.pruner.kept_channels(strategy(low))
+    return {u.name: min(max(1.0 - kept[u.name] / u.out_channels, lo), hi) for u in env.units}
+
+
+def run_strategy(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> dict[str, Any]:
+    """Plays ``strategy`` as one episode of the env; the info of its last step.
+
+    Each unit's action is the one the env maps to the strategy's ratio. The action wall raises a
+    ratio only if the strategy's estimated cost misses the target, so a strategy from
+    :func:`project_to_target` is played as it is, and the env calibrates its latency estimate
+    with the measured result as it does for the agent's episodes.
+    """
+    lo, hi = env.config.min_ratio, env.config.max_ratio
+    env.reset()
+    for unit in env.units:
+        ratio = float(strategy.get(unit.name, lo))
+        action = np.array([2.0 * (ratio - lo) / (hi - lo) - 1.0], dtype=np.float32)
+        _, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return info
+    raise PruningError("the env did not end its episode after its last unit")
+
+
+def _search(
+    env: ChannelPruningEnv,
+    episodes: int,
+    play: Callable[[int], dict[str, Any]],
+    observe: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs ``episodes`` episodes with ``play(episode) -> info``; the best one and the history."""
+    if episodes < 1:
+        raise PruningError(f"a search needs at least 1 episode, got {episodes}")
+    start = time.perf_counter()
+    best: dict[str, Any] | None = None
+    history = []
+    for episode in range(episodes):
+        t0 = time.perf_counter()
+        info = play(episode)
+        if observe is not None:
+            observe(episode, info)
+        history.append({**_episode_row(info), "seconds": time.perf_counter() - t0})
+        if best is None or info["reward"] > best["reward"]:
+            best = {**info, "episode": episode}
+    assert best is not None
+    return {
+        **best,
+        "episodes": episodes,
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+
+
+def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
+    """EagleEye-style random search: the best of ``episodes`` whole random strategies at target.
+
+    Each candidate draws one propensity per unit uniformly from (0, 1] and is projected onto
+    the target (:func:`project_to_target`), then played as an episode (:func:`run_strategy`):
+    BN recalibration, reward-split accuracy and measured latency as for the agent.
+
+    Returns:
+        Like :func:`random_search`.
+    """
+    rng = np.random.default_rng(seed)
+
+    def play(episode: int) -> dict[str, Any]:
+        propensity = 1.0 - rng.random(env.num_units)  # (0, 1]
+        return run_strategy(env, project_to_target(env, propensity))
+
+    return _search(env, episodes, play)
+
+
+def tpe_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
+    """Optuna TPE over the per-unit propensities of :func:`project_to_target`.
+
+    The first ``max(10, episodes // 10)`` candidates are random (TPE's start-up), the rest are
+    proposed from the rewards so far. Needs ``optuna`` (``pip install -e ".[search]"``).
+
+    Returns:
+        Like :func:`random_search`.
+
+    Raises:
+        RlpruneError: optuna is not installed.
+    """
+    try:
+        import optuna
+    except ImportError as err:
+        raise RlpruneError(
+            'the tpe search needs optuna; install it with pip install -e ".[search]"'
+        ) from err
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(10, episodes // 10))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    trials: dict[int, Any] = {}
+
+    def play(episode: int) -> dict[str, Any]:
+        trial = study.ask()
+        trials[episode] = trial
+        propensity = [trial.suggest_float(f"p{i}", 1e-3, 1.0) for i in range(env.num_units)]
+        return run_strategy(env, project_to_target(env, propensity))
+
+    def observe(episode: int, info: dict[str, Any]) -> None:
+        study.tell(trials.pop(episode), float(info["reward"]))
+
+    return _search(env, episodes, play, observe)
+
+
 def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
     """The best of ``episodes`` random strategies, drawn as uniform random actions through the env.
 
@@ -201,25 +367,10 @@ def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[
     Raises:
         PruningError: ``episodes`` < 1.
     """
-    if episodes < 1:
-        raise PruningError(f"random search needs at least 1 episode, got {episodes}")
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
-    best: dict[str, Any] | None = None
-    history = []
-    for episode in range(episodes):
-        t0 = time.perf_counter()
-        info = _rollout(env, rng, seed if episode == 0 else None)
-        history.append({**_episode_row(info), "seconds": time.perf_counter() - t0})
-        if best is None or info["reward"] > best["reward"]:
-            best = {**info, "episode": episode}
-    assert best is not None
-    return {
-        **best,
-        "episodes": episodes,
-        "seconds": time.perf_counter() - start,
-        "history": history,
-    }
+    return _search(
+        env, episodes, lambda episode: _rollout(env, rng, seed if episode == 0 else None)
+    )
 
 
 _ROW_KEYS = (

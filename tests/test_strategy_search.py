@@ -1,0 +1,82 @@
+"""Whole-strategy searches: projection onto the target, EagleEye sampling and Optuna TPE."""
+
+import numpy as np
+import pytest
+import torch
+from fakes import MacsLatency
+
+from envs.baselines import (
+    project_to_target,
+    run_strategy,
+    sampled_search,
+    tpe_search,
+)
+from envs.pruning import count_cost
+from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
+from models.training import TrainConfig, get_base_model
+
+
+@pytest.fixture(scope="module")
+def model(digits_splits, tmp_path_factory):
+    model, _ = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=1, progress=False),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    return model
+
+
+def _env(model, splits, target=0.5):
+    cfg = PruningEnvConfig(cost="macs", target=target, bn_batches=1)
+    latency = MacsLatency(model, splits.input_shape)
+    return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
+
+
+def _macs_ratio(env, strategy) -> float:
+    """MACs of the really pruned model over the original's: independent of the env's estimate."""
+    pruned = env.pruner.apply(strategy)
+    return count_cost(pruned, env.example_input)[0] / count_cost(env.model, env.example_input)[0]
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6])
+def test_projection_just_meets_the_target_and_keeps_the_order(model, digits_splits, target):
+    env = _env(model, digits_splits, target)
+    propensity = np.linspace(0.2, 1.0, env.num_units)
+    strategy = project_to_target(env, propensity)
+    ratios = [strategy[u.name] for u in env.units]
+    assert ratios == sorted(ratios)  # more propensity, more pruning
+    assert all(env.config.min_ratio <= r <= env.config.max_ratio for r in ratios)
+    macs = _macs_ratio(env, strategy)
+    assert target - 0.05 < macs <= target + 1e-9  # just under the target, not far below
+
+
+def test_run_strategy_plays_the_strategy_unchanged(model, digits_splits):
+    env = _env(model, digits_splits)
+    strategy = project_to_target(env, np.full(env.num_units, 0.7))
+    info = run_strategy(env, strategy)
+    for name, ratio in strategy.items():
+        assert info["strategy"][name] == pytest.approx(ratio, abs=1e-3)  # the wall did not act
+    assert info["macs_ratio"] == pytest.approx(_macs_ratio(env, strategy))
+
+
+def test_sampled_search_candidates_are_random_and_on_target(model, digits_splits):
+    env = _env(model, digits_splits)
+    result = sampled_search(env, episodes=8, seed=1)
+    again = sampled_search(_env(model, digits_splits), episodes=8, seed=1)
+    assert result["strategy"] == again["strategy"]
+    rows = result["history"]
+    assert len(rows) == 8 and result["reward"] == max(r["reward"] for r in rows)
+    assert all(0.45 < r["macs_ratio"] <= 0.5 + 1e-9 for r in rows)
+    assert len({round(r, 3) for r in result["strategy"].values()}) > 2  # not a uniform strategy
+    assert result["strategy"] != sampled_search(_env(model, digits_splits), 8, seed=2)["strategy"]
+
+
+def test_tpe_search_is_seeded_and_returns_the_best(model, digits_splits):
+    torch.manual_seed(0)
+    first = tpe_search(_env(model, digits_splits), episodes=12, seed=0)
+    again = tpe_search(_env(model, digits_splits), episodes=12, seed=0)
+    assert first["strategy"] == again["strategy"]
+    rewards = [r["reward"] for r in first["history"]]
+    assert first["reward"] == max(rewards) == rewards[first["episode"]]
+    assert all(r["macs_ratio"] <= 0.5 + 1e-9 for r in first["history"])
