@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,41 @@ def summary_table(rows: list[ModelRow]) -> str:
             f"| {r.params / 1e3:.1f}k ({r.params / base.params:.0%}) |"
         )
     return "\n".join(lines)
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 of a state_dict's names, dtypes, shapes and bytes (same weights, same sum).
+
+    It identifies a base model whatever file it was saved in; a pruned model records the sum of
+    the model it was pruned from (``recipe["base_sha256"]``) so that evaluation can compare it
+    with that very model.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def make_recipe(
+    model_name: str, splits: DataSplits, base: nn.Module, settings: Mapping[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """What rebuilds a pruned model (see :func:`envs.pruning.save_pruned`), and its base model.
+
+    ``base_sha256`` (:func:`state_dict_sha256` of ``base``) lets ``evaluate.py`` find the exact
+    original the model was pruned from; the strategy is added by :func:`save_deliverables`.
+    """
+    return {
+        "model": model_name,
+        "dataset": splits.name,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "importance": settings["importance"],
+        "round_to": settings["round_to"],
+        "base_sha256": state_dict_sha256(base.state_dict()),
+        **extra,
+    }
 
 
 def save_deliverables(

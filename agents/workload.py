@@ -11,7 +11,9 @@ from torch import nn
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.data import DataSplits, load_dataset
+from models.errors import DatasetError, RlpruneError, UnknownModelError
 from models.training import TrainConfig, get_base_model
+from models.zoo import build_model
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,13 @@ class Workload:
 
 
 def load_splits(settings: dict[str, Any]) -> DataSplits:
-    """The dataset named by ``settings`` (dataset, data_dir, download, seed, max_samples...)."""
-    return load_dataset(
+    """The dataset named by ``settings`` (dataset, data_dir, download, seed, max_samples...).
+
+    Raises:
+        DatasetError: The dataset cannot be loaded, or has fewer than 2 classes (accuracy,
+            and so the reward, would be 1 for any pruned model).
+    """
+    splits = load_dataset(
         settings["dataset"],
         data_dir=settings.get("data_dir"),
         download=settings.get("download", False),
@@ -35,6 +42,32 @@ def load_splits(settings: dict[str, Any]) -> DataSplits:
         max_samples=settings.get("max_samples"),
         image_size=settings.get("image_size"),
     )
+    if splits.num_classes < 2:
+        raise DatasetError(
+            f"dataset '{settings['dataset']}' has {splits.num_classes} class; a classifier "
+            "needs at least 2 (one folder per class)"
+        )
+    return splits
+
+
+def check_user_model(model_name: str, splits: DataSplits) -> None:
+    """Build a user model (``module:callable``) once, so that its failure is one clear line.
+
+    Raises:
+        UnknownModelError: The callable raised (whatever the exception), naming the callable.
+    """
+    if ":" not in model_name:
+        return
+    try:
+        build_model(model_name, splits.input_shape, splits.num_classes)
+    except RlpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's code is reported
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnknownModelError(
+            f"user model '{model_name}' failed when called ({type(exc).__name__}: {first}); "
+            "it must build a torch.nn.Module from num_classes= and in_channels="
+        ) from None
 
 
 def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
@@ -74,9 +107,13 @@ def build_workload(
         device: where the network runs and is timed.
         model: an already trained model to use instead of the cached base model.
         progress: show training progress bars.
+
+    Raises:
+        UnknownModelError: Unknown model, or a user callable that fails.
     """
     info: dict[str, Any] = {"cached": True, "train_time_s": 0.0}
     if model is None:
+        check_user_model(model_name, splits)
         train_cfg = TrainConfig(seed=settings.get("seed", 0), progress=progress)
         if settings.get("base_epochs"):
             train_cfg = TrainConfig(

@@ -21,12 +21,18 @@ import common
 import torch
 
 from agents.ddpg import load_agent
-from agents.finalize import compare_with_uniform, save_deliverables, summary_table, write_report
+from agents.finalize import (
+    compare_with_uniform,
+    make_recipe,
+    save_deliverables,
+    summary_table,
+    write_report,
+)
 from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
-from agents.workload import build_workload, load_splits
+from agents.workload import build_workload, check_user_model, load_splits
 from models.data import list_datasets
-from models.errors import CheckpointError
+from models.errors import CheckpointError, RlpruneError
 from models.training import resolve_device
 from models.zoo import build_model, list_models
 
@@ -36,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--agent", required=False, help="agent.zip of a train_agent.py run")
+    p.add_argument(
+        "--agent", required=False, help="agent.zip of a train_agent.py run, or its run directory"
+    )
     common.add_data_args(p)
     p.add_argument(
         "--weights",
@@ -71,6 +79,22 @@ def load_weights(name: str, path: str, splits) -> torch.nn.Module:
     return model.eval()
 
 
+def agent_file(path: str) -> Path:
+    """The agent.zip at ``path``, or inside ``path`` when it is a run directory.
+
+    Raises:
+        CheckpointError: No agent file there.
+    """
+    agent = Path(path)
+    if agent.is_dir():
+        agent = agent / "agent.zip"
+    if not agent.is_file():
+        raise CheckpointError(
+            f"no agent file at {agent}; pass the agent.zip of a train_agent.py run or its directory"
+        )
+    return agent
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_models or args.list_datasets:
@@ -78,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.agent:
         raise CheckpointError("--agent is required: the agent.zip of a train_agent.py run")
-    if not Path(args.agent).is_file():
-        raise CheckpointError(f"no agent file at {args.agent}; pass the agent.zip of a run")
+    agent_path = agent_file(args.agent)
     settings = {k: v for k, v in vars(args).items() if not k.startswith("list_")}
+    common.check_settings(settings)
+    if args.episodes < 0:
+        raise RlpruneError(f"--episodes must be >= 0 (0: zero-shot only), got {args.episodes}")
+    if args.noise_sigma <= 0:
+        raise RlpruneError(f"--noise-sigma must be > 0, got {args.noise_sigma}")
+    common.check_writable_dir(args.output_dir, "--output-dir")
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
@@ -88,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     splits = load_splits(settings)
+    check_user_model(args.model, splits)
     model = load_weights(args.model, args.weights, splits).to(device) if args.weights else None
     work = build_workload(args.model, splits, settings, device, model=model, progress=progress)
     env = work.env
-    agent = load_agent(args.agent, env)
+    agent = load_agent(agent_path, env)
     timings["base model + environment"] = time.perf_counter() - t0
     print(
         f"{args.model} on {splits.name}: {env.num_units} prunable units, base accuracy "
@@ -99,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         f"of {args.cost}"
     )
     name = f"apply_{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
-    run_dir = common.new_run_dir(args.output_dir, args.name or name)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+    run_dir = common.claim_run_dir(args.output_dir, args.name or name, settings)
 
     t0 = time.perf_counter()
     best = {**rollout(agent, env, seed=args.seed), "episode": 0}
@@ -139,17 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=progress,
     )
     timings["fine-tune + evaluation"] = time.perf_counter() - t0
-    recipe = {
-        "model": args.model,
-        "dataset": splits.name,
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "importance": args.importance,
-        "round_to": args.round_to,
-        "agent": str(args.agent),
-    }
+    recipe = make_recipe(args.model, splits, work.model, settings, agent=str(agent_path))
     path = save_deliverables(run_dir, rows, best["strategy"], recipe)
-    title = f"rlprune agent {args.agent} applied to {args.model} on {splits.name}"
+    title = f"rlprune agent {agent_path} applied to {args.model} on {splits.name}"
     report = write_report(run_dir, title, settings, rows, best, timings)
     print(
         f"{summary_table(rows)}\n\nrun directory: {run_dir}\n  pruned model: {path}\n"

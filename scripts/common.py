@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.workload import env_config  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, load_dataset  # noqa: E402
@@ -93,14 +97,130 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_writable_dir(path: str | Path, flag: str, shown: str | Path | None = None) -> None:
+    """Fail now, not after hours of work, if ``path`` cannot be created or written to.
+
+    Nothing is created: the nearest existing ancestor must be a directory in which a file can
+    be made (probed with a temporary file, which also catches read-only file systems).
+
+    Args:
+        path: the directory.
+        flag: the option that named it, for the message.
+        shown: what the message names (default: ``path``).
+
+    Raises:
+        RlpruneError: ``path`` or an ancestor is a file, or the directory is not writable.
+    """
+    shown = shown or path
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise RlpruneError(f"{flag} {shown}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise RlpruneError(
+            f"{flag} {shown}: cannot write in {existing} ({exc.strerror}); choose another {flag}"
+        ) from None
+
+
+def check_writable_file(path: str | Path, flag: str) -> None:
+    """Like :func:`check_writable_dir` for a file to be written at ``path``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise RlpruneError(f"{flag} {path} is a directory; name a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise RlpruneError(f"{flag} {path} is not writable; choose another {flag}")
+    check_writable_dir(path.parent, flag, shown=path)
+
+
 def new_run_dir(output_dir: str, name: str) -> Path:
-    """``output_dir/name``, suffixed -2, -3... when that directory is taken."""
+    """``output_dir/name``, suffixed -2, -3... when that directory is taken (not claimed: two
+    processes may get the same; :func:`claim_run_dir` claims one atomically)."""
     base = Path(output_dir) / name.replace(":", "-").replace("/", "-")
     path, i = base, 1
     while path.exists() and any(path.iterdir()):
         i += 1
         path = base.with_name(f"{base.name}-{i}")
     return path
+
+
+def claim_run_dir(output_dir: str, name: str, config: dict) -> Path:
+    """Create the run directory ``output_dir/name`` (-2, -3... when taken) and its config.json.
+
+    The claim is atomic: ``config.json`` is created with ``O_EXCL``, so two runs started at once
+    with the same name get two directories. The directory stays locked (:func:`lock_run_dir`)
+    while this process runs.
+
+    Raises:
+        RlpruneError: The directory cannot be created.
+    """
+    base = Path(output_dir) / name.replace(":", "-").replace("/", "-")
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if any(p.name != "config.json" for p in path.iterdir()):
+                continue  # another run's files
+            fd = os.open(path / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RlpruneError(f"cannot create run directory {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(config, indent=2))
+        lock_run_dir(path)
+        return path
+    raise RlpruneError(f"no free run directory name under {base}; pass another --name")
+
+
+_LOCKS: list[int] = []  # open descriptors of the run directories this process holds
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir`` until the process ends (also after kill -9).
+
+    Raises:
+        RlpruneError: Another process holds it (e.g. the same run resumed twice).
+    """
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RlpruneError(
+            f"{run_dir} is in use by another rlprune process; wait for it to end"
+        ) from None
+    _LOCKS.append(fd)
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The ``--flags`` written on the command line (``argv`` or ``sys.argv``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def check_settings(settings: dict) -> None:
+    """Reject impossible settings of the shared flags before any work is done.
+
+    Raises:
+        RlpruneError: One line naming the flag, the value and what it must be.
+    """
+    positive = ("threads", "latency_batch_size", "latency_repeats", "bn_batches", "round_to")
+    positive += ("max_samples", "image_size", "base_epochs")
+    for key in positive:
+        value = settings.get(key)
+        if value is not None and value < 1:
+            raise RlpruneError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if settings.get("fine_tune_epochs", 0) < 0:
+        raise RlpruneError(f"--fine-tune-epochs must be >= 0, got {settings['fine_tune_epochs']}")
+    if "target" in settings and not 0 < settings["target"] < 1:
+        raise RlpruneError(
+            f"--target must be a fraction of the original in (0, 1), got {settings['target']}"
+        )
+    if "min_ratio" in settings:
+        env_config(settings)  # ratios, reward and cost are checked by the env's own settings
 
 
 def load_described(described: str, data_dir: str | None, download: bool) -> DataSplits:
@@ -147,9 +267,17 @@ def load_pruned_with_data(
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Run ``main``; an :class:`RlpruneError` becomes one ``error:`` line and exit status 2."""
+    """Run ``main``: an :class:`RlpruneError` or a failed file operation becomes one ``error:``
+    line and exit status 2; Ctrl-C one line and status 130."""
     try:
         sys.exit(main())
     except RlpruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)

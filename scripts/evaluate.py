@@ -1,8 +1,9 @@
 """Compare a saved pruned model with its original: accuracy, measured latency, MACs, params, size.
 
-The pruned model is rebuilt from its file alone (``load_pruned``); the original is the trained base
-model of the same architecture and dataset from the base-model cache (``get_base_model``). Latency
-is timed with both models interleaved, best of several passes, so both see the same machine load.
+The pruned model is rebuilt from its file alone (``load_pruned``); the original is the very base
+model it was pruned from, found in the base-model cache by the weights checksum its recipe
+records (``base_sha256``); when it is not there, evaluation stops with one line saying so.
+Latency is timed with both models interleaved, best of several passes, so both see the same load.
 
     python scripts/evaluate.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt
     python scripts/evaluate.py pruned.pt --device cpu --threads 1 --latency-batch-size 1
@@ -20,10 +21,13 @@ import common
 import torch
 from torch import nn
 
+from agents.finalize import state_dict_sha256
 from envs.latency import LatencyConfig, LatencyStats, compare_latency
 from envs.pruning import count_cost
 from models.data import DataSplits, default_cache_dir
+from models.errors import CheckpointError, RlpruneError
 from models.training import TrainConfig, _cache_key, evaluate, get_base_model, resolve_device
+from models.zoo import build_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,10 +164,65 @@ def table(rows: dict[str, dict[str, float]], batch_size: int) -> str:
     return "\n".join(text)
 
 
+def find_base_by_sha(
+    model_name: str, splits: DataSplits, cache_dir: str | None, sha256: str
+) -> tuple[nn.Module, Path] | None:
+    """The cached base model of ``model_name`` whose weights have this checksum, if any."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    for path in sorted((root / "base_models").glob("*.pt")):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if checkpoint["key"]["model"] != model_name:
+                continue
+            if state_dict_sha256(checkpoint["state_dict"]) != sha256:
+                continue
+            model = build_model(model_name, splits.input_shape, splits.num_classes)
+            model.load_state_dict(checkpoint["state_dict"])
+        except Exception:  # unreadable, foreign or mismatching file: not a candidate
+            continue
+        return model.eval(), path
+    return None
+
+
+def load_recorded_original(
+    recipe: dict, splits: DataSplits, args: argparse.Namespace, device: torch.device
+) -> nn.Module:
+    """The very model the pruned one was pruned from (``recipe["base_sha256"]``).
+
+    Raises:
+        CheckpointError: It is not in the cache (nor trained again identically).
+    """
+    name, sha = recipe["model"], recipe["base_sha256"]
+    found = find_base_by_sha(name, splits, args.cache_dir, sha)
+    if found is None and args.train_original:
+        defaults = TrainConfig()
+        config = TrainConfig(
+            epochs=args.base_epochs if args.base_epochs is not None else defaults.epochs,
+            seed=args.base_seed if args.base_seed is not None else defaults.seed,
+        )
+        print(f"original: not in the cache; training {name} for {config.epochs} epochs")
+        get_base_model(name, splits, config=config, device=device, cache_dir=args.cache_dir)
+        found = find_base_by_sha(name, splits, args.cache_dir, sha)
+    if found is None:
+        raise CheckpointError(
+            f"{args.pruned_model} was pruned from a {name} (weights sha256 {sha[:12]}) that is "
+            f"not in {args.cache_dir or default_cache_dir()}; pass --cache-dir where it was "
+            "trained, --train-original with its --base-epochs/--base-seed, or --no-original"
+        )
+    model, path = found
+    print(f"original: {path} (weights sha256 {sha[:12]}, the model it was pruned from)")
+    return model.to(device)
+
+
 def load_original(
     model_name: str, splits: DataSplits, args: argparse.Namespace, device: torch.device
 ) -> nn.Module | None:
-    """The cached trained original (trained now with ``--train-original``), else None."""
+    """For a pruned model that does not record its base: the cached trained original (trained
+    now with ``--train-original``), else None."""
+    print(
+        "original: the pruned model does not record which base model it came from (saved by "
+        "an older rlprune); using a cached one, which may not be that one"
+    )
     found = find_base_config(model_name, splits, args.cache_dir, args.base_epochs, args.base_seed)
     if found is not None:
         config, path = found
@@ -188,8 +247,21 @@ def load_original(
     return model
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible measurement settings and an unwritable --json before any work."""
+    for flag in ("latency_batch_size", "threads", "passes", "repeats"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise RlpruneError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.warmup < 0:
+        raise RlpruneError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.json is not None:
+        common.check_writable_file(args.json, "--json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_args(args)
     device = resolve_device(args.device)
     pruned, recipe, splits = common.load_pruned_with_data(
         args.pruned_model, args.dataset, args.data_dir, args.download, device
@@ -200,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
     nets = {}
     if not args.no_original:
-        original = load_original(recipe["model"], splits, args, device)
+        if recipe.get("base_sha256"):
+            original = load_recorded_original(recipe, splits, args, device)
+        else:
+            original = load_original(recipe["model"], splits, args, device)
         if original is not None:
             nets["original"] = original
     nets["pruned"] = pruned

@@ -37,9 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out_dir = args.output_dir or args.pruned_model.parent
+    common.check_writable_dir(out_dir, "--output-dir")
     model, meta = load_pruned(args.pruned_model, "cpu")
     example = torch.zeros(1, *meta["recipe"]["input_shape"])
-    out_dir = args.output_dir or args.pruned_model.parent
     stem = args.pruned_model.stem
     for fmt in FORMATS[args.format]:
         if fmt == "torchscript":

@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.epochs < 1:
         raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.lr <= 0:
+        raise RlpruneError(f"--lr must be > 0, got {args.lr}")
     output = args.output or args.pruned_model.with_name(f"{args.pruned_model.stem}_ft.pt")
+    if output.suffix != ".pt":
+        raise RlpruneError(f"--output {output} must end in .pt (its recipe goes beside, as .json)")
+    common.check_writable_file(output, "--output")
+    common.check_writable_file(output.with_suffix(".json"), "--output")
     device = resolve_device(args.device)
     model, recipe, splits = common.load_pruned_with_data(
         args.pruned_model, args.dataset, args.data_dir, args.download, device

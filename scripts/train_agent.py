@@ -8,6 +8,7 @@ pruned model, fine-tunes it briefly and compares it with uniform pruning at the 
     python scripts/train_agent.py --model resnet20 --target 0.6 --episodes 400
     python scripts/train_agent.py --model vgg_small,resnet20   # one agent, episodes alternate
     python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0
+    python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0 --episodes 500
     tensorboard --logdir runs
 """
 
@@ -21,9 +22,15 @@ from pathlib import Path
 import common
 import torch
 
-from agents.ddpg import AgentConfig, agent_config_dict, load_agent, make_agent
-from agents.finalize import compare_with_uniform, save_deliverables, summary_table, write_report
-from agents.search import read_search_state, run_search
+from agents.ddpg import AgentConfig, agent_config_dict, make_agent
+from agents.finalize import (
+    compare_with_uniform,
+    make_recipe,
+    save_deliverables,
+    summary_table,
+    write_report,
+)
+from agents.search import read_search_state, resume, run_search
 from agents.transfer import MultiModelEnv
 from agents.workload import build_workload, load_splits
 from models.data import list_datasets
@@ -42,20 +49,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     common.add_env_args(p)
     g = p.add_argument_group("agent")
-    g.add_argument("--episodes", type=int, default=300, help="search episodes, warm-up included")
+    g.add_argument(
+        "--episodes",
+        type=int,
+        default=300,
+        help="search episodes, warm-up included; with --resume the new total",
+    )
     g.add_argument("--warmup", type=int, default=100, help="episodes of random actions first")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a saved search")
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a saved search from its last checkpoint, with its settings",
+    )
     common.add_output_args(p)
     return p.parse_args(argv)
 
 
-def resume_settings(run_dir: Path) -> dict:
+#: Flags that --resume may change; every other setting is the run's config.json.
+RESUME_FLAGS = {"--resume", "--episodes", "--no-progress"}
+
+
+def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) -> dict:
+    """The settings of the run being resumed; ``--episodes`` sets its new total.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a train_agent.py run directory.
+        RlpruneError: A flag other than --episodes / --no-progress was given.
+    """
     path = run_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(
             f"no config.json in {run_dir}; --resume takes a run directory made by train_agent.py"
         )
-    return json.loads(path.read_text())
+    changed = sorted(given - RESUME_FLAGS)
+    if changed:
+        raise RlpruneError(
+            f"--resume continues the settings of {path}; only --episodes (the new total) and "
+            f"--no-progress can change, not {', '.join(changed)}"
+        )
+    settings = json.loads(path.read_text())
+    settings["no_progress"] = args.no_progress
+    if "--episodes" in given:
+        settings["episodes"] = args.episodes
+    return settings
+
+
+def check_search_settings(settings: dict) -> None:
+    """Reject impossible search settings before anything is built."""
+    common.check_settings(settings)
+    if settings["episodes"] < 1:
+        raise RlpruneError(f"--episodes must be >= 1, got {settings['episodes']}")
+    if not 0 <= settings["warmup"] < settings["episodes"]:
+        raise RlpruneError(
+            f"--warmup must be in [0, --episodes), got {settings['warmup']} for "
+            f"{settings['episodes']} episodes: the agent would never act on what it learned"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.resume:
         run_dir = Path(args.resume)
-        settings = {**resume_settings(run_dir), "no_progress": args.no_progress}
+        settings = resume_settings(run_dir, args, common.explicit_flags(argv))
+        check_search_settings(settings)
+        common.lock_run_dir(run_dir)
     else:
         settings = {k: v for k, v in vars(args).items() if not k.startswith("list_")}
-        name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
-        run_dir = common.new_run_dir(args.output_dir, args.name or name.replace(",", "+"))
+        check_search_settings(settings)
+        common.check_writable_dir(args.output_dir, "--output-dir")
     progress = not settings["no_progress"]
     torch.manual_seed(settings["seed"])
     device = resolve_device(settings["device"])
@@ -88,19 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             f"of {settings['cost']}"
         )
     env = works[0].env if len(works) == 1 else MultiModelEnv([w.env for w in works])
+    max_units = max(w.env.num_units for w in works)
 
     agent_cfg = AgentConfig(warmup_episodes=settings["warmup"], seed=settings["seed"])
     state = read_search_state(run_dir) if args.resume else None
     if state is not None:
-        agent = load_agent(run_dir / "agent.zip", env)
-        if (run_dir / "replay_buffer.pkl").is_file():
-            agent.load_replay_buffer(run_dir / "replay_buffer.pkl")
+        agent, state = resume(run_dir, env)
+        (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
         remaining = max(settings["episodes"] - state["episode"], 0)
         print(f"resuming {run_dir} at episode {state['episode']}, {remaining} to go")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
-        agent = make_agent(env, agent_cfg, num_units=max(w.env.num_units for w in works))
+        if args.resume:
+            print(f"{run_dir} has no checkpoint (stopped before its search began): starting it")
+            (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+        else:
+            name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
+            name = args.name or name.replace(",", "+")
+            run_dir = common.claim_run_dir(args.output_dir, name, settings)
+        agent = make_agent(env, agent_cfg, num_units=max_units)
         remaining = settings["episodes"]
 
     t0 = time.perf_counter()
@@ -108,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         agent,
         run_dir,
         remaining,
-        max_units=max(w.env.num_units for w in works),
+        max_units=max_units,
         hparams={**settings, **agent_config_dict(agent_cfg)},
         extra_best={"target": settings["target"], "cost": settings["cost"]},
         resume_state=state,
@@ -139,14 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         timings[f"fine-tune + evaluation ({w.model_name})"] = time.perf_counter() - t0
-        recipe = {
-            "model": w.model_name,
-            "dataset": splits.name,
-            "input_shape": list(splits.input_shape),
-            "num_classes": splits.num_classes,
-            "importance": settings["importance"],
-            "round_to": settings["round_to"],
-        }
+        recipe = make_recipe(w.model_name, splits, w.model, settings)
         suffix = "" if len(works) == 1 else f"_{w.model_name}"
         path = save_deliverables(run_dir, rows, best["strategy"], recipe, suffix=suffix)
         title = f"rlprune search: {w.model_name} on {splits.name}"

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except RlpruneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): nothing was cached", file=sys.stderr)
+        return 130
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_datasets()))
     if args.list_models or args.list_datasets:
         return 0
+    if args.epochs < 1:
+        raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
     if args.no_progress:  # one line per epoch instead of the bar (for logs)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = resolve_device(args.device)
