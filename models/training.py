@@ -264,13 +264,17 @@ def fine_tune(
     seed: int = 0,
     progress: bool = True,
     eval_set: TensorDataset | None = None,
+    augment: bool = False,
 ) -> list[dict]:
     """Fine-tunes a (pruned) model in place: :func:`train_model` with a small SGD learning rate.
+
+    The learning rate is annealed to zero (cosine), so the end point is stable enough to rank
+    models by; ``augment`` adds the CIFAR crop-and-flip augmentation.
 
     Returns:
         The per-epoch history of :func:`train_model`.
     """
-    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, augment=augment, progress=progress)
     return train_model(model, train_set, config, device, eval_set, desc="fine-tune")
 
 
