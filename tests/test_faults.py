@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import random
+import runpy
 import signal
 import subprocess
 import sys
@@ -177,3 +178,202 @@ def test_kill_9_during_checkpoint_writes_leaves_a_consistent_set(env, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*FILES, STATE])
         last = episode
     assert torn > 0  # at least one kill landed inside a write (else the test proves nothing)
+
+
+# ----------------------------------------------------------------------------- the scripts
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared `common` module
+TINY = [
+    "--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--fine-tune-epochs", "1",
+    "--bn-batches", "2", "--latency-repeats", "3", "--no-progress",
+]  # fmt: skip
+
+
+def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
+    """Runs ``scripts/<script>`` as its ``__main__`` would; returns (exit status, stderr)."""
+    namespace = runpy.run_path(str(SCRIPTS / script), run_name="fault_test")
+    common = sys.modules["common"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        if script == "train_base.py":  # handles its errors itself
+            sys.exit(namespace["main"](argv))
+        common.run_cli(lambda: namespace["main"](argv))
+    return exit_.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, stderr: str, message: str) -> None:
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert message in lines[0], stderr
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch, cache) -> Path:
+    """An output directory that must stay empty, and the module's base-model cache."""
+    monkeypatch.setenv("RLPRUNE_CACHE", cache)
+    return tmp_path / "runs"
+
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("file") / "plain.txt"
+    path.write_text("not a directory\n")
+    return path
+
+
+EARLY = [  # rejected before any data or model is loaded
+    ("--threads", "0", "--threads must be >= 1"),
+    ("--threads", "-1", "--threads must be >= 1"),
+    ("--latency-batch-size", "-4", "--latency-batch-size must be >= 1"),
+    ("--latency-batch-size", "0", "--latency-batch-size must be >= 1"),
+    ("--latency-repeats", "0", "--latency-repeats must be >= 1"),
+    ("--episodes", "0", "--episodes must be >= 1"),
+    ("--episodes", "-1", "--episodes must be >= 1"),
+    ("--warmup", "4", "--warmup must be in [0, --episodes)"),
+    ("--fine-tune-epochs", "-1", "--fine-tune-epochs must be >= 0"),
+    ("--target", "1.5", "--target must be a fraction"),
+    ("--min-ratio", "0.9", "min_ratio < max_ratio"),
+    ("--bn-batches", "0", "--bn-batches must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), EARLY)
+def test_train_agent_rejects_bad_settings_before_any_work(flag, value, message, out, capsys):
+    argv = [*TINY, "--episodes", "4", "--warmup", "2", "--output-dir", str(out), flag, value]
+    code, stderr = run_in_process("train_agent.py", argv, capsys)
+    assert_one_line_error(code, stderr, message)
+    assert not out.exists()
+
+
+def test_unwritable_output_dir_is_rejected_first(out, a_file, capsys):
+    for script, extra in (
+        ("train_agent.py", ["--episodes", "4", "--warmup", "2"]),
+        ("apply_agent.py", ["--agent", str(a_file)]),  # any file: rejected before loading it
+    ):
+        argv = [*TINY, *extra, "--output-dir", str(a_file / "runs")]
+        code, stderr = run_in_process(script, argv, capsys)
+        assert_one_line_error(code, stderr, "is a file, not a directory")
+    code, stderr = run_in_process(
+        "fine_tune.py", ["x.pt", "--epochs", "1", "--output", str(a_file / "ft.pt")], capsys
+    )
+    assert_one_line_error(code, stderr, "is a file, not a directory")
+    code, stderr = run_in_process("evaluate.py", ["x.pt", "--json", str(a_file / "e.json")], capsys)
+    assert_one_line_error(code, stderr, "is a file, not a directory")
+    code, stderr = run_in_process(
+        "export_model.py", ["x.pt", "--output-dir", str(a_file / "d")], capsys
+    )
+    assert_one_line_error(code, stderr, "is a file, not a directory")
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("apply_agent.py", ["--agent", "/nonexistent/run"], "no agent file"),
+        ("apply_agent.py", ["--episodes", "-1"], "--episodes must be >= 0"),
+        ("apply_agent.py", ["--threads", "0"], "--threads must be >= 1"),
+        ("evaluate.py", ["x.pt", "--threads", "0"], "--threads must be >= 1"),
+        ("evaluate.py", ["x.pt", "--latency-batch-size", "-4"], "--latency-batch-size must be"),
+        ("fine_tune.py", ["x.pt", "--epochs", "0"], "--epochs must be >= 1"),
+        ("train_base.py", ["--epochs", "0", "--dataset", "digits"], "--epochs must be >= 1"),
+        ("train_agent.py", ["--resume", "/nonexistent/run"], "no config.json"),
+    ],
+)
+def test_other_scripts_reject_bad_settings(script, argv, message, out, a_file, capsys):
+    if script == "apply_agent.py":
+        argv = [*TINY, "--output-dir", str(out), *argv]
+        if "--agent" not in argv:
+            argv += ["--agent", str(a_file)]
+    code, stderr = run_in_process(script, argv, capsys)
+    assert_one_line_error(code, stderr, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "os:system"], "user model 'os:system' failed when called (TypeError"),
+        (["--model", "resnt20"], "did you mean 'resnet20'"),
+        (["--target", "0.01"], "unreachable"),
+    ],
+)
+def test_bad_model_or_target_leaves_no_run_directory(flags, message, out, capsys):
+    argv = [*TINY, "--episodes", "4", "--warmup", "2", "--output-dir", str(out), *flags]
+    code, stderr = run_in_process("train_agent.py", argv, capsys)
+    assert_one_line_error(code, stderr, message)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_one_class_image_folder_is_rejected(out, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images" / "only_class"
+    folder.mkdir(parents=True)
+    for i in range(30):
+        Image.new("L", (8, 8), color=i * 8).save(folder / f"{i}.png")
+    argv = [*TINY, "--dataset", f"imagefolder:{folder.parent}", "--output-dir", str(out)]
+    code, stderr = run_in_process("train_agent.py", argv, capsys)
+    assert_one_line_error(code, stderr, "needs at least 2")
+    assert not out.exists()
+
+
+def test_ctrl_c_during_base_training_is_one_line(out, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("agents.workload.get_base_model", interrupted)
+    code, stderr = run_in_process("train_agent.py", [*TINY, "--output-dir", str(out)], capsys)
+    assert code == 130 and stderr.strip() == "interrupted (Ctrl-C)"
+    assert not out.exists()
+    monkeypatch.setattr("models.training.get_base_model", interrupted)
+    code, stderr = run_in_process("train_base.py", ["--dataset", "digits"], capsys)
+    assert code == 130 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_changed_settings(out, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    argv = ["--resume", str(run_dir), "--target", "0.3"]
+    code, stderr = run_in_process("train_agent.py", argv, capsys)
+    assert_one_line_error(code, stderr, "only --episodes (the new total) and --no-progress")
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLPRUNE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_agent.py"), "--threads", "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, "--threads must be >= 1")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_started_at_once_claim_different_directories(tmp_path):
+    common = __import__("common")
+    pipes, pids = [], []
+    for i in range(4):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                path = common.claim_run_dir(str(tmp_path), "same", {"child": i})
+                os.write(write, str(path).encode())
+            finally:
+                os._exit(0)
+        pipes.append((read, write))
+        pids.append(pid)
+    claimed = []
+    for pid, (read, write) in zip(pids, pipes, strict=True):
+        os.waitpid(pid, 0)
+        os.close(write)
+        claimed.append(Path(os.read(read, 4096).decode()))
+        os.close(read)
+    assert len(set(claimed)) == 4
+    assert sorted(p.name for p in claimed) == ["same", "same-2", "same-3", "same-4"]
+    children = sorted(json.loads((p / "config.json").read_text())["child"] for p in claimed)
+    assert children == [0, 1, 2, 3]
+    common.lock_run_dir(claimed[0])  # no child holds it any more
+    with pytest.raises(Exception, match="in use by another rlprune process"):
+        common.lock_run_dir(claimed[0])

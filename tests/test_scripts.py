@@ -106,6 +106,7 @@ def test_bad_input_gives_one_line_error(script, args, message, tmp_path):
         *TINY,
         "--episodes",
         "2",
+        *(["--warmup", "1"] if script == "train_agent.py" else []),
         "--output-dir",
         str(tmp_path),
         *args,
