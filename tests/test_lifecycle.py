@@ -12,8 +12,10 @@ import json
 import math
 import os
 import runpy
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+from agents.finalize import state_dict_sha256
 from envs.pruning import Pruner, count_cost, load_pruned, recalibrate_bn, save_pruned
 from models.data import DataSplits
 from models.errors import DatasetError, RlpruneError
@@ -66,6 +69,7 @@ def saved(tmp_path_factory, digits_splits) -> Saved:
         "input_shape": list(digits_splits.input_shape),
         "num_classes": digits_splits.num_classes,
         "strategy": strategy,
+        "base_sha256": state_dict_sha256(base.state_dict()),
     }
     path = root / "pruned_model.pt"
     save_pruned(pruned, path, recipe)
@@ -126,13 +130,49 @@ def test_evaluate_compares_pruned_with_cached_original(saved, tmp_path):
         assert math.isfinite(row["latency_spread"])
 
 
-def test_evaluate_without_cached_original_shows_pruned_only(saved, tmp_path, capsys):
+def test_evaluate_takes_the_base_the_model_was_pruned_from(saved, tmp_path, capsys, one_thread):
+    cache = tmp_path / "cache"
+    shutil.copytree(saved.cache_dir, cache)
+    (ours,) = [p.name for p in (cache / "base_models").glob("*.pt")]
+    time.sleep(0.01)  # the other base model is newer, and newest used to win
+    get_base_model(
+        "vgg_small",
+        saved.splits,
+        config=TrainConfig(epochs=2, seed=1, progress=False),
+        cache_dir=str(cache),
+    )
+    argv = [str(saved.path), "--cache-dir", str(cache), "--device", "cpu"]
+    argv += ["--passes", "1", "--repeats", "2"]
+    assert script_main("evaluate.py")(argv) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("original:")]
+    assert f"/{ours} " in line and "the model it was pruned from" in line
+
+    (cache / "base_models" / ours).unlink()  # only the seed-1 model is left: refuse
+    done = run_script("evaluate.py", saved.path, "--cache-dir", cache, cache_dir=cache)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (message,) = done.stderr.strip().splitlines()
+    assert message.startswith("error: ") and "was pruned from a vgg_small" in message
+
+
+def test_evaluate_without_original_shows_pruned_only(saved, tmp_path, capsys):
     evaluate_script = runpy.run_path(str(SCRIPTS / "evaluate.py"), run_name="lifecycle_test")
     out = tmp_path / "eval.json"
     argv = [str(saved.path), "--cache-dir", str(tmp_path / "empty"), "--device", "cpu"]
-    argv += ["--passes", "1", "--repeats", "2", "--json", str(out)]
+    argv += ["--passes", "1", "--repeats", "2", "--json", str(out), "--no-original"]
     assert evaluate_script["main"](argv) == 0
-    assert "no cached base model" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["original"] is None
+
+    # a file of an older rlprune does not name its base model: said so, and none is cached
+    legacy = tmp_path / "legacy.pt"
+    recipe = {k: v for k, v in load_pruned(saved.path)[1]["recipe"].items() if k != "base_sha256"}
+    save_pruned(saved.pruned, legacy, recipe)
+    argv = [str(legacy), "--cache-dir", str(tmp_path / "empty"), "--device", "cpu"]
+    argv += ["--passes", "1", "--repeats", "2", "--json", str(out)]
+    capsys.readouterr()
+    assert evaluate_script["main"](argv) == 0
+    printed = capsys.readouterr().out
+    assert "does not record which base model" in printed and "no cached base model" in printed
     report = json.loads(out.read_text())
     assert report["original"] is None
     assert report["pruned"]["test_acc"] == evaluate(saved.pruned, saved.splits.test)
