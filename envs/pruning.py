@@ -13,6 +13,7 @@ import copy
 import difflib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from envs.units import ROOT_TYPES, LayerCost, PrunableUnit, analyse_units, eval_mode, layer_stats
-from models.errors import CheckpointError, PruningError, RlpruneError
+from models.errors import CheckpointError, NoPrunableLayersError, PruningError, RlpruneError
 from models.zoo import build_model
 
 IMPORTANCES = ("l1", "l2", "random")
@@ -73,10 +74,12 @@ class Pruner:
             example_input: A batch the model accepts, e.g. ``[1, C, H, W]``.
             importance: Channel ranking: ``"l1"`` / ``"l2"`` group norm of the coupled weights
                 (Torch-Pruning's GroupMagnitudeImportance), or ``"random"`` (seeded).
-            round_to: Keep channel counts multiples of this where a unit is wide enough.
+            round_to: Keep channel counts multiples of this where a unit is wide enough (and of
+                the unit's ``channel_groups``).
             ignored_layers: Layers whose output channels must be kept (the classifier always is).
 
         Raises:
+            NoPrunableLayersError: No unit: every conv/linear layer is protected or unsupported.
             PruningError: Unknown importance, bad ``round_to``, or a model Torch-Pruning cannot
                 trace or prune.
         """
@@ -89,6 +92,8 @@ class Pruner:
         self.round_to = round_to
         analysis = analyse_units(model, example_input, ignored_layers=ignored_layers)
         self.units: list[PrunableUnit] = analysis.units
+        if not self.units:
+            raise NoPrunableLayersError(_no_units_message(model, analysis.skipped))
         self.layer_costs: list[LayerCost] = analysis.layer_costs
         self.base_macs, self.base_params = count_cost(model, example_input)
         self._index = {u.name: u.index for u in self.units}
@@ -96,7 +101,7 @@ class Pruner:
         for unit, group in zip(self.units, analysis.groups, strict=True):
             try:
                 self._calls.append(_prune_calls(analysis.graph, group))
-                self._ranking.append(_rank(group, importance, unit.out_channels, unit.index))
+                self._ranking.append(_rank(group, importance, unit, seed=unit.index))
             except (IndexError, RuntimeError, KeyError) as err:
                 raise _unprunable(unit, f"{type(err).__name__}: {err}") from err
         self._check_prunable()
@@ -104,8 +109,9 @@ class Pruner:
     def kept_channels(self, strategy: Mapping[str, float]) -> dict[str, int]:
         """Channels each unit keeps under ``strategy`` (missing units keep all).
 
-        Counts are rounded to the nearest multiple of ``round_to`` (or to the full width if that
-        is nearer), never below one channel or ``round_to`` and never above the unit's width.
+        Counts are rounded to the nearest multiple of ``round_to`` and of the unit's
+        ``channel_groups`` (or to the full width if that is nearer), never below one channel per
+        group or ``round_to`` and never above the unit's width.
 
         Raises:
             PruningError: Unknown unit name or a ratio outside [0, 1).
@@ -148,15 +154,18 @@ class Pruner:
         """A pruned deep copy keeping exactly ``kept[name]`` channels per unit (missing: all).
 
         Raises:
-            PruningError: Unknown unit name, or a count outside [1, out_channels].
+            PruningError: Unknown unit name, a count outside [1, out_channels], or one that is not
+                a multiple of the unit's ``channel_groups``.
         """
         self._check_strategy({name: 0.0 for name in kept})
         removals: dict[tuple, list[torch.Tensor]] = {}
         for unit, calls, ranking in zip(self.units, self._calls, self._ranking, strict=True):
             n_remove = unit.out_channels - int(kept.get(unit.name, unit.out_channels))
-            if not 0 <= n_remove < unit.out_channels:
+            if not 0 <= n_remove < unit.out_channels or n_remove % unit.channel_groups:
+                groups = unit.channel_groups
+                per_group = f" in {groups} equal groups" if groups > 1 else ""
                 raise PruningError(
-                    f"unit '{unit.name}' has {unit.out_channels} channels; cannot keep "
+                    f"unit '{unit.name}' has {unit.out_channels} channels{per_group}; cannot keep "
                     f"{kept[unit.name]}"
                 )
             if n_remove == 0:
@@ -184,10 +193,12 @@ class Pruner:
         return pruned
 
     def _kept(self, unit: PrunableUnit, ratio: float) -> int:
-        n = unit.out_channels
+        n, groups = unit.out_channels, unit.channel_groups
         keep = n * (1.0 - ratio)
-        step = self.round_to
-        if step is None or step >= n:
+        step = math.lcm(self.round_to or 1, groups)
+        if step >= n:
+            step = groups
+        if step == 1:
             return min(n, max(1, math.floor(keep + 0.5)))
         candidates = list(range(step, n + 1, step)) + [n]
         return min(candidates, key=lambda c: (abs(c - keep), -c))
@@ -303,7 +314,9 @@ def save_pruned(model: nn.Module, path: str | Path, recipe: Mapping) -> None:
     """Saves a pruned model with the recipe that rebuilds it, plus a JSON sidecar.
 
     The file (``torch.save``) holds the recipe, the output width of every conv/linear layer and
-    the weights; ``path.with_suffix(".json")`` holds the same without weights, for humans.
+    the weights with their per-module versions (``state_dict()._metadata``, which layers such as
+    torchvision's MNASNet need to load); ``path.with_suffix(".json")`` holds the same without
+    weights, for humans.
 
     Args:
         model: The pruned network (any device).
@@ -337,8 +350,10 @@ def save_pruned(model: nn.Module, path: str | Path, recipe: Mapping) -> None:
     except TypeError as err:
         raise CheckpointError(f"cannot save {path}: recipe is not JSON-able ({err})") from err
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({**meta, "state_dict": state}, path)
+    state_dict = model.state_dict()
+    state = {k: v.detach().cpu() for k, v in state_dict.items()}
+    versions = {k: dict(v) for k, v in getattr(state_dict, "_metadata", {}).items()}
+    torch.save({**meta, "state_dict": state, "state_dict_metadata": versions}, path)
     path.with_suffix(".json").write_text(sidecar + "\n")
 
 
@@ -376,11 +391,14 @@ def load_pruned(path: str | Path, device: str | torch.device = "cpu") -> tuple[n
             f"{path}: format version {payload['format_version']} is newer than this rlprune's "
             f"{FORMAT_VERSION}; upgrade rlprune"
         )
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "state_dict_metadata")}
     model = _rebuild(path, meta)
+    state = OrderedDict(payload["state_dict"])
+    if "state_dict_metadata" in payload:  # files of older rlprune lack it
+        state._metadata = OrderedDict(payload["state_dict_metadata"])
     try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as err:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[-1].strip()
         raise CheckpointError(
             f"{path}: weights do not fit the rebuilt '{meta['recipe']['model']}' ({first}); the "
@@ -410,6 +428,16 @@ def _rebuild(path: Path, meta: Mapping) -> nn.Module:
             f"{path}: cannot rebuild the pruned '{recipe.get('model')}' ({why}); the recipe or "
             "the architecture changed since saving - re-export the pruned model"
         ) from err
+
+
+def _no_units_message(model: nn.Module, skipped: Sequence[tuple[str, str]]) -> str:
+    why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:3])
+    more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    detail = f" (skipped {why}{more})" if skipped else ""
+    return (
+        f"no prunable layers in {type(model).__name__}: every conv/linear layer feeds the output "
+        f"or is unsupported{detail}; pick a model with prunable hidden layers"
+    )
 
 
 def _unprunable(unit: PrunableUnit, why: str) -> PruningError:
@@ -454,17 +482,30 @@ def _prune_calls(graph: tp.DependencyGraph, group: tp.dependency.Group) -> list[
     return calls
 
 
-def _rank(group: tp.dependency.Group, importance: str, channels: int, seed: int) -> torch.Tensor:
-    """Unit channels from least to most important, shape ``[channels]``."""
+def _rank(
+    group: tp.dependency.Group, importance: str, unit: PrunableUnit, seed: int
+) -> torch.Tensor:
+    """Unit channels from least to most important, shape ``[out_channels]``.
+
+    With ``channel_groups`` g > 1 channels are ranked by position in their group (importance
+    summed over the g groups), and each position is listed g times in a row (once per group): any
+    prefix of g * k channels removes the same k positions from every group.
+    """
+    groups = unit.channel_groups
+    per_group = unit.out_channels // groups
     if importance == "random":
-        return torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
-    scorer = tp.importance.GroupMagnitudeImportance(
-        p=1 if importance == "l1" else 2, normalizer=None
-    )
-    scores = scorer(group)
-    if scores is None:  # no weights in the group
-        return torch.arange(channels)
-    return torch.argsort(scores.cpu(), stable=True)
+        order = torch.randperm(per_group, generator=torch.Generator().manual_seed(seed))
+    else:
+        scorer = tp.importance.GroupMagnitudeImportance(
+            p=1 if importance == "l1" else 2, normalizer=None
+        )
+        scores = scorer(group)
+        if scores is None:  # no weights in the group
+            order = torch.arange(per_group)
+        else:
+            order = torch.argsort(scores.cpu().reshape(groups, per_group).sum(0), stable=True)
+    offsets = torch.arange(groups) * per_group
+    return (order[:, None] + offsets[None, :]).reshape(-1)
 
 
 def _copy_sharing_tensors(model: nn.Module) -> nn.Module:

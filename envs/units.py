@@ -5,12 +5,19 @@ output channels must be removed together (residual additions, depthwise convs, B
 inputs of the consumers). The agent gives one pruning ratio per unit, so coupled layers can never
 receive conflicting ratios. Units are ordered by the execution order of their first layer.
 
+A unit that touches a grouped convolution (ResNeXt, RegNet) has ``channel_groups`` > 1: its channels
+form that many equal groups, and every group loses the same channels, so the convolution keeps its
+``groups``. A channel shuffle (ShuffleNet: a view that splits the channel dimension into groups, a
+transpose, a view back) is a permutation Torch-Pruning cannot follow: the groups crossing it are
+not units, the layers inside the shuffled branches are.
+
 :func:`estimate_cost` predicts the MACs, parameters or latency of a pruned model from per-layer
 costs without pruning anything, for the budget clamp of the environment.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,8 +26,10 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping
 
-from models.errors import PruningError
+from models.errors import InputTooSmallError, NoPrunableLayersError, PruningError
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -44,6 +53,8 @@ class PrunableUnit:
         params: Parameters of the layers in ``layer_names``.
         macs: MACs per sample of the layers in ``layer_names`` at full width.
         cost_share: ``macs`` / conv+linear MACs of the whole model.
+        channel_groups: The channels form this many equal groups (a grouped convolution in the
+            unit); each group loses the same channels, so kept counts are multiples of it.
     """
 
     index: int
@@ -58,6 +69,7 @@ class PrunableUnit:
     params: int
     macs: int
     cost_share: float
+    channel_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -176,10 +188,13 @@ def find_units(
 
     Returns:
         Units in execution order and one :class:`LayerCost` per conv/linear layer (execution
-        order). Groups that cannot take arbitrary widths (grouped convs, GroupNorm with several
-        groups, attention, RNNs) and groups narrower than 2 channels are not units.
+        order). Groups that cannot take arbitrary widths (GroupNorm with several groups,
+        attention, RNNs, a channel shuffle) and groups narrower than 2 channels (2 per group of a
+        grouped conv) are not units.
 
     Raises:
+        InputTooSmallError: The model's feature maps shrink to nothing on ``example_input``.
+        NoPrunableLayersError: The model has no conv/linear layer besides its output layers.
         PruningError: The model fails on ``example_input`` or cannot be traced.
     """
     analysis = analyse_units(model, example_input, ignored_layers=ignored_layers)
@@ -193,17 +208,28 @@ def analyse_units(
     try:
         stats = layer_stats(model, example_input)
     except Exception as err:
+        if _too_small(err):
+            raise InputTooSmallError(_too_small_message(model, example_input)) from err
         raise PruningError(
             f"{type(model).__name__} fails on an example input of shape "
             f"{tuple(example_input.shape)} ({type(err).__name__}: {err}); pass a batch the model "
             "accepts, e.g. torch.zeros(1, C, H, W) of the dataset's image shape"
         ) from err
-    graph = _build_graph(model, example_input)
+    if len(stats) < 2:  # Torch-Pruning cannot even trace some of these (UnboundLocalError)
+        raise NoPrunableLayersError(
+            f"no prunable layers in {type(model).__name__}: it has {len(stats)} conv/linear "
+            "layer(s) and the output layer is never pruned; pick a model with hidden conv or "
+            "linear layers"
+        )
+    graph, shuffles = _build_graph(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     protected = list(ignored_layers) + _final_layers(graph)
-    found: list[tuple[int, str, tuple[str, ...], tp.dependency.Group]] = []
+    found: list[tuple[int, str, tuple[str, ...], tp.dependency.Group, int]] = []
     skipped: list[tuple[str, str]] = []
-    for group in graph.get_all_groups(ignored_layers=protected, root_module_types=ROOT_TYPES):
+    for root, group in _all_groups(graph, protected):
+        if isinstance(group, str):  # Torch-Pruning failed to map this layer's channels
+            skipped.append((names[root], group))
+            continue
         layers = [
             names[d.target.module]
             for d, _ in group
@@ -214,18 +240,23 @@ def analyse_units(
         if not layers:
             continue
         layers.sort(key=lambda n: stats[n].order)
-        reason = _unsupported(group)
-        if reason or len(group[0].idxs) < 2:
-            skipped.append((layers[0], reason or "fewer than 2 channels"))
+        reason = _unsupported(group, shuffles)
+        channel_groups = 1 if reason else _channel_groups(graph, group)
+        if isinstance(channel_groups, str):
+            reason = channel_groups
+        elif not reason and len(group[0].idxs) < 2 * channel_groups:
+            reason = "fewer than 2 channels" + (" per group" if channel_groups > 1 else "")
+        if reason:
+            skipped.append((layers[0], reason))
             continue
-        found.append((stats[layers[0]].order, layers[0], tuple(layers), group))
+        found.append((stats[layers[0]].order, layers[0], tuple(layers), group, channel_groups))
     found.sort(key=lambda f: f[0])
 
     modules = dict(model.named_modules())
     total_macs = sum(s.macs for s in stats.values())
     units = [
-        _make_unit(i, name, layers, len(group[0].idxs), modules, stats, total_macs)
-        for i, (_, name, layers, group) in enumerate(found)
+        _make_unit(i, name, layers, len(group[0].idxs), modules, stats, total_macs, groups)
+        for i, (_, name, layers, group, groups) in enumerate(found)
     ]
     groups = [f[3] for f in found]
     costs = _layer_costs(graph, groups, names, modules, stats)
@@ -270,17 +301,154 @@ def _input_keep(row: LayerCost, keep: Sequence[float]) -> float:
     return 1.0 if row.in_unit is None else keep[row.in_unit]
 
 
-def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def _build_graph(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[tp.DependencyGraph, set[object]]:
+    """The dependency graph, and the autograd nodes of the channel-shuffle views in it."""
+    finder = _ChannelShuffleFinder()
     try:
-        with eval_mode(model), torch.enable_grad():  # eval_mode restores what tracing changes
+        with eval_mode(model), torch.enable_grad(), _shuffles_unmapped(finder.found):
             x = example_input.detach().clone().requires_grad_(True)
-            return tp.DependencyGraph().build_dependency(model, x, verbose=False)
+            with finder:
+                graph = tp.DependencyGraph().build_dependency(model, x, verbose=False)
+        for node in graph.module2node.values():
+            if node.grad_fn in finder.found:  # no reshape mapping in later get_pruning_group calls
+                node.type = tp.ops.OPTYPE.ELEMENTWISE
+        return graph, finder.found
     except Exception as err:
+        hint = (
+            "call outside torch.inference_mode()"
+            if torch.is_inference_mode_enabled()
+            else "pass the failing op's layer in ignored_layers or register a Torch-Pruning "
+            "customized pruner for it"
+        )
         raise PruningError(
             f"cannot trace {type(model).__name__} for pruning ({type(err).__name__}: {err}); "
-            "Torch-Pruning traces with autograd: pass an example input the model accepts and "
-            "call outside torch.inference_mode()"
+            f"Torch-Pruning traces with autograd: {hint}"
         ) from err
+
+
+class _ChannelShuffleFinder(TorchFunctionMode):
+    """Records the views that split dim 1 of a 4-D map into two dims, or merge them back.
+
+    Such a pair around a transpose is a channel shuffle, ``x.view(n, g, c // g, h, w)
+    .transpose(1, 2).view(n, c, h, w)``. Torch-Pruning treats the views as flattens and the
+    transpose as element-wise, which maps channels wrongly (or divides by zero).
+    """
+
+    _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[object] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self._VIEWS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            src, dst = tuple(args[0].shape), tuple(out.shape)
+            if _splits_channels(src, dst) or _splits_channels(dst, src):
+                self.found.add(out.grad_fn)
+        return out
+
+
+def _splits_channels(flat: tuple[int, ...], split: tuple[int, ...]) -> bool:
+    return (
+        len(flat) == 4
+        and len(split) == 5
+        and split[0] == flat[0]
+        and split[1] * split[2] == flat[1]
+        and split[3:] == flat[2:]
+    )
+
+
+@contextmanager
+def _shuffles_unmapped(shuffles: set[object]) -> Iterator[None]:
+    """Makes Torch-Pruning give the channel-shuffle views no index mapping while it builds a graph.
+
+    (:func:`_build_graph` then retypes those nodes so that later calls skip them too.) The groups
+    crossing a shuffle are refused by :func:`_unsupported`, by these nodes.
+    """
+    original = index_mapping.update_reshape_index_mapping
+
+    def update(graph: tp.DependencyGraph, node) -> None:
+        if node.grad_fn not in shuffles:
+            original(graph, node)
+
+    index_mapping.update_reshape_index_mapping = update
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def _all_groups(
+    graph: tp.DependencyGraph, protected: Sequence[nn.Module]
+) -> Iterator[tuple[nn.Module, tp.dependency.Group | str]]:
+    """(root layer, its full-index group) for each group not holding a protected layer.
+
+    Like ``DependencyGraph.get_all_groups``, but a layer whose group Torch-Pruning fails to build
+    yields the reason instead of ending the iteration.
+    """
+    protected = set(protected) | set(graph.IGNORED_LAYERS_IN_TRACING)
+    visited: set[nn.Module] = set()
+    for module in list(graph.module2node):
+        if module in protected or module in visited or not _is_root_type(module):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            channels = list(range(pruner.get_out_channels(module)))
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, channels)
+        except Exception as err:
+            yield module, f"Torch-Pruning cannot map its channels ({type(err).__name__})"
+            continue
+        outs = [d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)]
+        visited.update(outs)
+        if not protected.intersection(outs):
+            yield module, group
+
+
+_TOO_SMALL = ("output size is too small", "kernel size can't be greater", "smaller than kernel")
+
+
+def _too_small(err: Exception) -> bool:
+    return any(text in str(err).lower() for text in _TOO_SMALL)
+
+
+def _too_small_message(model: nn.Module, example_input: torch.Tensor) -> str:
+    height, width = example_input.shape[-2:]
+    size = _min_input_size(model, example_input)
+    need = f"at least {size}x{size} pixels" if size else "larger images"
+    return (
+        f"{type(model).__name__} needs inputs of {need}, got {height}x{width}: its strides and "
+        "pools shrink the feature map to nothing; upsample the images (models.zoo.build_model "
+        "wraps torchvision models that need it in ResizedInput)"
+    )
+
+
+def _min_input_size(model: nn.Module, example_input: torch.Tensor, limit: int = 512) -> int | None:
+    """Smallest square input side (pixels) ``model`` runs on, by bisection; None above ``limit``."""
+
+    def runs(size: int) -> bool:
+        x = torch.zeros(*example_input.shape[:-2], size, size, dtype=example_input.dtype)
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(x.to(example_input.device))
+        except RuntimeError:
+            return False
+        return True
+
+    low = int(max(example_input.shape[-2:]))  # fails
+    high = low * 2
+    while not runs(high):
+        if high >= limit:
+            return None
+        low, high = high, min(high * 2, limit)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if runs(mid) else (mid, high)
+    return high
 
 
 def _final_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -302,18 +470,41 @@ def _final_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     return finals
 
 
-def _unsupported(group: tp.dependency.Group) -> str:
-    """Why arbitrary channel counts would break a layer of the group ('' when they would not)."""
+def _unsupported(group: tp.dependency.Group, shuffles: set[object] = frozenset()) -> str:
+    """Why pruning the group would break a layer of it ('' when it would not)."""
     for dep, _ in group:
         m = dep.target.module
-        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1:
-            if tp.ops.module2type(m) != tp.ops.OPTYPE.DEPTHWISE_CONV:
-                return f"grouped convolution (groups={m.groups})"
+        if dep.target.grad_fn in shuffles:
+            return "channel shuffle (a permutation of channels Torch-Pruning cannot follow)"
         if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
             return f"GroupNorm with {m.num_groups} groups"
         if isinstance(m, nn.MultiheadAttention | nn.RNNBase):
             return f"{type(m).__name__} (head / gate sizes)"
     return ""
+
+
+def _channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int | str:
+    """Equal channel groups the unit must keep (LCM of its grouped convs' ``groups``), or why not.
+
+    Pruning the same channels of every group keeps a grouped conv valid only where the unit's
+    channel ``i`` is the conv's channel ``i`` (no concatenation or reshape in between).
+    """
+    channels = len(group[0].idxs)
+    groups = 1
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
+            continue
+        if tp.ops.module2type(m) == tp.ops.OPTYPE.DEPTHWISE_CONV:
+            continue
+        inputs = graph.is_in_channel_pruning_fn(item.dep.handler)
+        width = m.in_channels if inputs else m.out_channels
+        if list(item.idxs) != list(item.root_idxs) or len(item.idxs) != width:
+            return f"grouped convolution (groups={m.groups}) fed through a concat or reshape"
+        groups = math.lcm(groups, m.groups)
+    if channels % groups:
+        return f"grouped convolutions whose groups ({groups}) do not divide {channels} channels"
+    return groups
 
 
 def _make_unit(
@@ -324,6 +515,7 @@ def _make_unit(
     modules: Mapping[str, nn.Module],
     stats: Mapping[str, _LayerStat],
     total_macs: int,
+    channel_groups: int = 1,
 ) -> PrunableUnit:
     root = modules[name]
     if isinstance(root, nn.Linear):
@@ -351,6 +543,7 @@ def _make_unit(
         params=sum(stats[n].params for n in layers),
         macs=macs,
         cost_share=macs / max(total_macs, 1),
+        channel_groups=channel_groups,
     )
 
 

@@ -27,3 +27,11 @@ class CheckpointError(RlpruneError):
 
 class BudgetError(RlpruneError):
     """A pruning target cannot be met (<= 0, >= 1, or below what maximal pruning reaches)."""
+
+
+class NoPrunableLayersError(PruningError):
+    """A model has no conv/linear layer whose output channels may be removed."""
+
+
+class InputTooSmallError(PruningError):
+    """The example input is too small for the model (its feature maps shrink to nothing)."""

@@ -26,14 +26,17 @@ from models.errors import UnknownModelError
 
 DEFAULT_MODEL = "vgg_small"
 
-# Smallest square input (pixels) of the torchvision families that fail on 28x28, by name prefix:
-# found by trying every model on growing sizes (strided stems and pools shrink the map to nothing).
-# All families not listed here or below run on 28x28 and 32x32 as they are.
+# Smallest square input (pixels) of the torchvision families that fail on 28x28 or on 8x8 (digits),
+# by name prefix: found by trying every model on growing sizes (strided stems and pools shrink the
+# map to nothing). All families not listed here or below run on 8x8, 28x28 and 32x32 as they are.
 _MIN_INPUT_SIZE = {
     "alexnet": 63,
     "convnext": 32,
     "densenet": 32,  # 29 would do; 32 keeps the maps even
+    "googlenet": 16,  # 15 would do
     "inception_v3": 75,
+    "squeezenet1_0": 22,  # 21 would do
+    "squeezenet1_1": 18,  # 17 would do
     "vgg": 32,
 }
 # Models built for one input size: always resized to it (ViTs get a patch multiple, see below).

@@ -252,6 +252,10 @@ def test_save_and_load_roundtrip(tmp_path):
     assert sidecar["recipe"]["strategy"] == strategy
     assert sidecar["macs"] == count_cost(pruned, x[:1])[0]
 
+    versions = torch.load(path, weights_only=True)["state_dict_metadata"]
+    assert versions == {k: dict(v) for k, v in pruned.state_dict()._metadata.items()}
+    assert versions["features.1"] == {"version": 2}  # BatchNorm's, read back on loading
+
     loaded, meta = load_pruned(path)
     assert meta["recipe"] == _recipe(strategy)
     with torch.no_grad():
@@ -291,3 +295,73 @@ def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
         load_pruned(wrong)
     with pytest.raises(CheckpointError, match="lacks"):
         save_pruned(pruned, tmp_path / "x.pt", {"model": "vgg_small"})
+
+
+class _Grouped(nn.Module):
+    """ResNeXt-style: a conv, a grouped 3x3 conv (4 groups of 4), a 1x1 conv, the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        self.c = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.c(self.b(self.a(x))).mean((2, 3)))
+
+
+def _with_inputs_cut(model: nn.Module, layer: str, inputs: list[int]) -> nn.Module:
+    """A copy of ``model`` whose ``layer`` ignores the given input channels (weights zeroed)."""
+    cut = copy.deepcopy(model)
+    with torch.no_grad():
+        cut.get_submodule(layer).weight[:, inputs] = 0.0
+    return cut
+
+
+def test_grouped_convs_lose_the_same_channels_in_every_group():
+    torch.manual_seed(0)
+    model, x = _Grouped().eval(), torch.randn(2, 3, 8, 8)
+    pruner = Pruner(model, x[:1])
+    units = [(u.name, u.channel_groups) for u in pruner.units]
+    assert units == [("a.0", 4), ("b.0", 4), ("c", 1)]
+    strategy = {"a.0": 0.5, "b.0": 0.3}
+    assert pruner.kept_channels(strategy) == {"a.0": 8, "b.0": 12, "c": 8}  # 4 groups: 8, 12
+    removed = pruner.removed_channels(strategy)
+    a_local = {i % 4 for i in removed["a.0"]}
+    assert len(a_local) == 2 and sorted(removed["a.0"]) == sorted(
+        i + 4 * g for i in a_local for g in range(4)
+    )
+    pruned = pruner.apply(strategy)
+    assert pruned.b[0].groups == 4 and pruned.b[0].weight.shape == (12, 2, 3, 3)
+    # Independent expectation: the original model with the removed channels' consumers cut.
+    # b's input channel i (local i % 4 in its group) feeds through weight[:, i % 4].
+    cut = _with_inputs_cut(model, "b.0", sorted(a_local))
+    cut = _with_inputs_cut(cut, "c", removed["b.0"])
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), cut(x), atol=1e-5)
+
+
+def test_channel_counts_of_grouped_units_are_multiples_of_the_groups():
+    model, x = _Grouped().eval(), torch.randn(1, 3, 8, 8)
+    assert Pruner(model, x).kept_channels({"a.0": 0.99})["a.0"] == 4  # one channel per group
+    assert Pruner(model, x, round_to=8).kept_channels({"a.0": 0.6})["a.0"] == 8
+    assert Pruner(model, x, round_to=3).kept_channels({"a.0": 0.3})["a.0"] == 12  # lcm 12
+    with pytest.raises(PruningError, match="16 channels in 4 equal groups; cannot keep 10"):
+        Pruner(model, x).prune_to({"a.0": 10})
+
+
+def test_shufflenet_branches_are_pruned_exactly():
+    torch.manual_seed(0)
+    model = build_model("shufflenet_v2_x0_5", (3, 32, 32), 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pruner = Pruner(model, x[:1])
+    branch = "stage3.2.branch2.0"  # 1x1 conv -> BN -> ReLU -> depthwise -> BN -> 1x1 conv (.5)
+    strategy = {branch: 0.5}
+    pruned = pruner.apply(strategy)
+    cut = _with_inputs_cut(model, "stage3.2.branch2.5", pruner.removed_channels(strategy)[branch])
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), cut(x), atol=1e-5)
+    assert pruned.get_submodule("stage3.2.branch2.3").groups == 24  # still depthwise
