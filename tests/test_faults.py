@@ -377,3 +377,32 @@ def test_runs_started_at_once_claim_different_directories(tmp_path):
     common.lock_run_dir(claimed[0])  # no child holds it any more
     with pytest.raises(Exception, match="in use by another rlprune process"):
         common.lock_run_dir(claimed[0])
+
+
+@pytest.mark.slow
+def test_train_agent_killed_then_resumed_logs_each_episode_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLPRUNE_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, str(SCRIPTS / "train_agent.py"), *TINY, "--warmup", "2"]
+    log = tmp_path / "runs" / "vgg_small_digits_macs0.5_s0" / "episodes.csv"
+    proc = subprocess.Popen(
+        [*args, "--episodes", "200", "--output-dir", str(tmp_path / "runs")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) > 5):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no checkpoint since the one at episode 0
+    proc.wait()
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_agent.py"), "--resume", str(log.parent),
+         "--episodes", "6", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "at episode 0, 6 to go" in done.stdout
+    with log.open(newline="") as f:
+        assert [int(r["episode"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((log.parent / "config.json").read_text())["episodes"] == 6
+    assert read_search_state(log.parent)["episode"] == 6

@@ -8,7 +8,7 @@ from fakes import MacsLatency
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.ddpg import AgentConfig, load_agent, make_agent
-from agents.search import read_search_state, run_search
+from agents.search import read_search_state, resume, run_search
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import CheckpointError
 from models.training import TrainConfig, get_base_model
@@ -134,4 +134,7 @@ def test_ctrl_c_keeps_agent_buffer_and_best_strategy(env, tmp_path):
     for name in ("agent.zip", "replay_buffer.pkl", "best_strategy.json", "search_state.json"):
         assert (tmp_path / name).is_file(), name
     assert read_search_state(tmp_path)["episode"] == 3
-    load_agent(tmp_path / "agent.zip", env)
+    # the 2 steps of the unfinished 4th episode are dropped, not credited with a later reward
+    agent, state = resume(tmp_path, env)
+    assert state["episode"] == 3 and agent.num_timesteps == 3 * env.num_units
+    assert agent.replay_buffer.pos == 3 * env.num_units and not agent.replay_buffer._pending

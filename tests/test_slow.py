@@ -26,5 +26,8 @@ def test_default_train_agent_run(tmp_path):
     assert (run_dir / "pruned_model.pt").is_file()
     from envs.pruning import load_pruned
 
-    model, recipe = load_pruned(run_dir / "pruned_model.pt")
-    assert recipe["model"] == "vgg_small"
+    model, meta = load_pruned(run_dir / "pruned_model.pt")
+    assert meta["recipe"]["model"] == "vgg_small"
+    assert len(meta["recipe"]["base_sha256"]) == 64  # evaluate.py finds its original by it
+    rows = (run_dir / "episodes.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 300
