@@ -29,12 +29,18 @@ from models.errors import PruningError
 
 
 @dataclass
-class _Samples:
-    """Sampled rows of one layer: inputs ``[R, C_in * k * k (+1 bias)]``, outputs ``[R, C_out]``."""
+class _Moments:
+    """Least-squares moments of one layer's sampled rows: ``X^T X`` and ``X^T Y`` (float64).
 
-    inputs: torch.Tensor
-    outputs: torch.Tensor
+    ``X`` holds unfolded inputs ``[R, C_in * k * k]`` (plus a column of ones when the layer has a
+    bias), ``Y`` the layer's outputs ``[R, C_out]``. Any kept subset of inputs and outputs is a
+    sub-matrix of these, so each refit needs only a small solve.
+    """
+
+    gram: torch.Tensor
+    cross: torch.Tensor
     kernel_area: int
+    has_bias: bool
 
 
 class Reconstructor:
@@ -68,12 +74,12 @@ class Reconstructor:
         self.model = model
         self.ridge = ridge
         self.device = torch.device(device)
-        self._samples = _sample_layers(model, dataset, images, positions, seed, self.device)
+        self._moments = _sample_layers(model, dataset, images, positions, seed, self.device)
 
     @property
     def layer_names(self) -> list[str]:
         """Names of the layers that can be refitted (plain conv and linear)."""
-        return list(self._samples)
+        return list(self._moments)
 
     @torch.no_grad()
     def apply(self, pruned: nn.Module) -> list[str]:
@@ -92,19 +98,18 @@ class Reconstructor:
         originals = dict(self.model.named_modules())
         refitted = []
         for name, layer in pruned.named_modules():
-            samples = self._samples.get(name)
-            if samples is None or _in_features(layer) == _in_features(originals[name]):
+            moments = self._moments.get(name)
+            if moments is None or _in_features(layer) == _in_features(originals[name]):
                 continue
             keep_in, keep_out = _kept_indices(originals[name].weight, layer.weight)
-            columns = (
-                keep_in[:, None] * samples.kernel_area + torch.arange(samples.kernel_area)
-            ).reshape(-1)
-            has_bias = layer.bias is not None
+            area = moments.kernel_area
+            columns = (keep_in[:, None] * area + torch.arange(area)).reshape(-1)
+            has_bias = moments.has_bias
             if has_bias:
-                columns = torch.cat([columns, torch.tensor([samples.inputs.shape[1] - 1])])
-            x = samples.inputs[:, columns.to(samples.inputs.device)]
-            y = samples.outputs[:, keep_out.to(samples.outputs.device)]
-            solution = _ridge_solve(x, y, self.ridge)  # [in_features (+1), out]
+                columns = torch.cat([columns, torch.tensor([moments.gram.shape[0] - 1])])
+            gram = moments.gram[columns][:, columns]
+            cross = moments.cross[columns][:, keep_out]
+            solution = _ridge_solve(gram, cross, self.ridge)  # [in_features (+1), out]
             weight = solution[: len(columns) - has_bias].T
             layer.weight.copy_(weight.reshape(layer.weight.shape).to(layer.weight))
             if has_bias:
@@ -128,8 +133,8 @@ def _sample_layers(
     positions: int,
     seed: int,
     device: torch.device,
-) -> dict[str, _Samples]:
-    """One forward pass of ``model``: sampled (unfolded input, output) rows of every layer."""
+) -> dict[str, _Moments]:
+    """One forward pass of ``model``: least-squares moments of every refittable layer."""
     generator = torch.Generator().manual_seed(seed)
     x_all = dataset.tensors[0]
     picked = torch.randperm(len(x_all), generator=generator)[: min(images, len(x_all))]
@@ -186,22 +191,22 @@ def _sample_layers(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    samples = {}
+    moments = {}
     for name, parts in rows.items():
         inputs = torch.cat([p[0] for p in parts]).double()
         outputs = torch.cat([p[1] for p in parts]).double()
-        if model.get_submodule(name).bias is not None:  # a column of ones fits the bias
+        has_bias = model.get_submodule(name).bias is not None
+        if has_bias:  # a column of ones fits the bias
             inputs = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1)
-        samples[name] = _Samples(inputs, outputs, areas[name])
-    return samples
+        moments[name] = _Moments(inputs.T @ inputs, inputs.T @ outputs, areas[name], has_bias)
+    return moments
 
 
-def _ridge_solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``argmin_W ||x W - y||^2 + lam ||W||^2`` with ``lam = ridge * mean(diag(x^T x))``."""
-    gram = x.T @ x
+def _ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``W = (G + lam I)^-1 C``, the ridge solution, with ``lam = ridge * mean(diag(G))``."""
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
-    gram.diagonal().add_(lam)
-    return torch.linalg.solve(gram, x.T @ y).float()
+    regularised = gram + lam * torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(regularised, cross).float()
 
 
 def _kept_indices(
