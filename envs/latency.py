@@ -4,10 +4,16 @@ Timing on a shared machine is noisy (the median of one 50-run pass of the same m
 2.7x between passes here), so comparisons interleave the models being compared and keep robust
 statistics: medians, the best of several passes, and candidate runs alternating with the
 reference's in :class:`LatencyMeter`.
+
+Two protocols, one per purpose. The search's :class:`LatencyMeter` times only until a candidate's
+ratio to the reference is known to ``rel_tol`` (a sequential stopping rule on the interleaved
+pairs), because it runs every episode. The final comparison (:func:`compare_latency`) always runs
+every repeat of every pass, because its numbers are the ones reported.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +37,12 @@ class LatencyConfig:
         warmup: Untimed forward passes before timing (per model and pass).
         repeats: Timed forward passes.
         threads: ``torch.set_num_threads`` during measurement (restored after); None keeps it.
+        rel_tol: :meth:`LatencyMeter.ratio` stops once the candidate/reference ratio is known to
+            within this relative 95% half-width (0.02: +-2%); ``repeats`` pairs at most. None
+            times all ``repeats``. Ignored by :func:`measure_latency` and
+            :func:`compare_latency`, whose numbers are reported and so always get every repeat.
+        min_repeats: fewest interleaved pairs before the stopping rule may stop (the spread of
+            fewer is itself too noisy to trust).
     """
 
     device: str = "cpu"
@@ -38,6 +50,8 @@ class LatencyConfig:
     warmup: int = 3
     repeats: int = 20
     threads: int | None = None
+    rel_tol: float | None = 0.02
+    min_repeats: int = 5
 
 
 @dataclass(frozen=True)
@@ -127,8 +141,50 @@ def shape_signature(model: nn.Module) -> tuple:
     return classes, params, buffers
 
 
+#: Standard error of a median over that of a mean, for normal samples (sqrt(pi / 2)).
+_MEDIAN_SE = 1.2533
+#: MAD to standard deviation, for normal samples.
+_MAD_SD = 1.4826
+#: Two-sided 95% normal quantile.
+_Z95 = 1.96
+
+
+def paired_ratio(
+    candidate_ms: Sequence[float], reference_ms: Sequence[float]
+) -> tuple[float, float]:
+    """Latency ratio from interleaved runs, and how well it is known.
+
+    Run ``i`` of the candidate and run ``i`` of the reference ran back to back, so they saw the same
+    machine load; their log-ratio ``d_i`` is far less noisy than either time. The ratio is
+    ``exp(median(d))``; its relative 95% half-width is ``exp(z * se) - 1`` with the median's
+    standard error ``se = 1.2533 * 1.4826 * MAD(d) / sqrt(n)`` (robust to a few disturbed runs).
+
+    Args:
+        candidate_ms: candidate run times, ms.
+        reference_ms: reference run times, ms, one per candidate run.
+
+    Returns:
+        (ratio, relative half-width); the half-width is ``inf`` for a single pair.
+    """
+    logs = [math.log(c / r) for c, r in zip(candidate_ms, reference_ms, strict=True)]
+    center = statistics.median(logs)
+    if len(logs) < 2:
+        return math.exp(center), math.inf
+    mad = statistics.median(abs(d - center) for d in logs)
+    se = _MEDIAN_SE * _MAD_SD * mad / math.sqrt(len(logs))
+    return math.exp(center), math.expm1(_Z95 * se)
+
+
 class LatencyMeter:
     """Latency ratios of candidates vs a fixed reference model, cached by shape signature.
+
+    Args:
+        reference: the model every candidate is compared with.
+        input_shape: one sample's shape, ``(C, H, W)``.
+        config: timing settings; ``rel_tol`` and ``min_repeats`` drive the stopping rule.
+        threshold: the ratio that decides something (the target plus its tolerance): timing also
+            stops once the ratio is known to be below or above it, as more precision would not
+            change the decision. None: only ``rel_tol`` stops.
 
     Attributes:
         reference_stats: Latency of the reference, measured at construction.
@@ -141,20 +197,26 @@ class LatencyMeter:
         reference: nn.Module,
         input_shape: tuple[int, int, int],
         config: LatencyConfig = LatencyConfig(),
+        threshold: float | None = None,
     ) -> None:
         self.reference = reference
         self.input_shape = input_shape
         self.config = config
+        self.threshold = threshold
         self.reference_stats = measure_latency(reference, input_shape, config)
         self.hits = 0
         self.misses = 0
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
 
     def ratio(self, model: nn.Module) -> tuple[float, LatencyStats]:
-        """(median candidate / median reference, candidate stats), timed interleaved.
+        """(candidate / reference latency, candidate stats), timed interleaved.
 
         Candidate and reference runs alternate (the order flips every repeat), so both see the
-        same machine load; the ratio is far more stable than either latency alone.
+        same machine load; the ratio (:func:`paired_ratio`) is far more stable than either
+        latency alone. Timing stops as soon as the ratio is known to ``config.rel_tol`` or known
+        to lie on one side of ``threshold`` (after at least ``config.min_repeats`` pairs, at most
+        ``config.repeats``). The reference, timed at every call, gets one warm-up run; the
+        candidate ``config.warmup``.
         """
         key = shape_signature(model)
         if key in self._cache:
@@ -167,15 +229,28 @@ class LatencyMeter:
             with eval_mode(model), eval_mode(self.reference):
                 runs = (_timer(model, x, cfg.device), _timer(self.reference, x, cfg.device))
                 for _ in range(cfg.warmup):
-                    runs[0](), runs[1]()
+                    runs[0]()
+                runs[1]()
                 times: tuple[list[float], list[float]] = ([], [])
                 for i in range(max(cfg.repeats, 1)):
                     for j in (0, 1) if i % 2 == 0 else (1, 0):
                         times[j].append(runs[j]())
-        cand, ref = LatencyStats.from_times(times[0]), LatencyStats.from_times(times[1])
-        result = (cand.median_ms / ref.median_ms, cand)
+                    if self._known(times, i + 1):
+                        break
+        ratio, _ = paired_ratio(*times)
+        result = (ratio, LatencyStats.from_times(times[0]))
         self._cache[key] = result
         return result
+
+    def _known(self, times: tuple[list[float], list[float]], pairs: int) -> bool:
+        cfg = self.config
+        if cfg.rel_tol is None or pairs < max(cfg.min_repeats, 2):
+            return False
+        ratio, half_width = paired_ratio(*times)
+        if half_width <= cfg.rel_tol:
+            return True
+        t = self.threshold
+        return t is not None and (ratio * (1 + half_width) < t or ratio > t * (1 + half_width))
 
 
 def profile_layers(

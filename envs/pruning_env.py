@@ -18,7 +18,7 @@ from envs.budget import check_reachable, min_pruning_ratio
 from envs.features import NUM_FEATURES, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
 from envs.pruning import Pruner, count_cost, recalibrate_bn
-from envs.rewards import get_reward
+from envs.rewards import TARGET_TOLERANCE, get_reward
 from envs.units import estimate_cost
 from models.errors import PruningError, RlpruneError
 from models.training import evaluate
@@ -39,9 +39,13 @@ class PruningEnvConfig:
         max_ratio: largest pruning ratio any unit may take (AMC keeps at least 20%: 0.8).
         importance: channel importance criterion (``"l1"``, ``"l2"``).
         round_to: keep channel counts multiples of this (None: any count).
-        bn_batches: training batches used to recalibrate BatchNorm statistics.
+        bn_batches: training batches used to recalibrate BatchNorm statistics (4 x 64 images:
+            on 30 random vgg_small/mnist5k strategies, accuracies after 4 batches differ from
+            those after 16 by 0.9 points on average, less than 8 batches of two seeds differ
+            from each other, 1.3; rank correlation 0.995 either way; at half the time of 8).
         bn_batch_size: images per recalibration batch.
-        eval_batch_size: images per batch when evaluating the reward split.
+        eval_batch_size: images per batch when evaluating the reward split (100: measured 30%
+            faster than 1000 on a 2-core CPU, whose caches the activations of 1000 images spill).
         latency: how latency is timed (device, batch size, repeats, threads).
         calibrate: correct the per-layer latency estimate of the action wall with the measured
             latency of recent episodes (see :meth:`ChannelPruningEnv.latency_estimate`; the
@@ -55,9 +59,9 @@ class PruningEnvConfig:
     max_ratio: float = 0.8
     importance: str = "l1"
     round_to: int | None = None
-    bn_batches: int = 8
+    bn_batches: int = 4
     bn_batch_size: int = 64
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 100
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
 
@@ -82,15 +86,28 @@ class LatencySource(Protocol):
 
 
 class MeasuredLatency:
-    """Latency measured on the target device, candidates interleaved with the reference."""
+    """Latency measured on the target device, candidates interleaved with the reference.
+
+    Args:
+        reference: the unpruned model.
+        input_shape: one sample's shape.
+        config: timing settings (see :class:`envs.latency.LatencyConfig`).
+        threshold: ratio at which the reward changes (target plus tolerance); timing a candidate
+            stops early once it is known to be on one side of it (see
+            :class:`envs.latency.LatencyMeter`).
+    """
 
     def __init__(
-        self, reference: nn.Module, input_shape: tuple[int, int, int], config: LatencyConfig
+        self,
+        reference: nn.Module,
+        input_shape: tuple[int, int, int],
+        config: LatencyConfig,
+        threshold: float | None = None,
     ):
         self.reference = reference
         self.input_shape = input_shape
         self.config = config
-        self.meter = LatencyMeter(reference, input_shape, config)
+        self.meter = LatencyMeter(reference, input_shape, config, threshold=threshold)
 
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         return profile_layers(self.reference, self.input_shape, layer_names, self.config)
@@ -175,7 +192,10 @@ class ChannelPruningEnv(gym.Env):
         )
 
         lat_cfg = LatencyConfig(**{**asdict(self.config.latency), "device": str(self.device)})
-        self.latency = latency or MeasuredLatency(self.model, self.input_shape, lat_cfg)
+        threshold = self.config.target * (1.0 + TARGET_TOLERANCE)
+        if self.config.cost != "latency":
+            threshold = None
+        self.latency = latency or MeasuredLatency(self.model, self.input_shape, lat_cfg, threshold)
         self.layer_latency_ms, self.overhead_ms = self.latency.profile(
             [c.name for c in self.layer_costs]
         )

@@ -22,6 +22,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from agents.workload import env_config  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
+from envs.pruning_env import PruningEnvConfig  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, load_dataset  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
@@ -70,7 +71,12 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-ratio", type=float, default=0.8, help="largest pruning ratio of a unit")
     g.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of N")
     g.add_argument("--importance", choices=("l1", "l2"), default="l1", help="channel importance")
-    g.add_argument("--bn-batches", type=int, default=8, help="batches for BN recalibration")
+    g.add_argument(
+        "--bn-batches",
+        type=int,
+        default=PruningEnvConfig.bn_batches,
+        help="batches for BN recalibration",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of agent, base model and fine-tune")
     g = p.add_argument_group("latency")
     g.add_argument(
