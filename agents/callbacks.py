@@ -178,13 +178,19 @@ class SearchCallback(BaseCallback):
         rows = []
         if path.is_file():
             with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= self.episode]
+                rows = [r for r in csv.DictReader(f) if self._logged_before(r)]
         tmp = self.run_dir / ".episodes.csv.tmp"
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(path)
+
+    def _logged_before(self, row: dict[str, str | None]) -> bool:
+        """A complete row (a kill can cut the last one) of an episode up to the current one."""
+        if any(row.get(k) in (None, "") for k in ("episode", "seconds")):
+            return False
+        return row["episode"].isdigit() and int(row["episode"]) <= self.episode
 
     def _restore_bests(self) -> None:
         """Take back a best strategy written after the checkpoint (the run was killed later)."""

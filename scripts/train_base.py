@@ -23,6 +23,7 @@ try:
 except ImportError:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.workload import check_user_model
 from models.data import list_datasets, load_dataset
 from models.errors import RlpruneError
 from models.training import TrainConfig, get_base_model, resolve_device
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         image_size=args.image_size,
     )
+    check_user_model(args.model, splits)
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,

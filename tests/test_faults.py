@@ -277,6 +277,7 @@ def test_unwritable_output_dir_is_rejected_first(out, a_file, capsys):
         ("evaluate.py", ["x.pt", "--latency-batch-size", "-4"], "--latency-batch-size must be"),
         ("fine_tune.py", ["x.pt", "--epochs", "0"], "--epochs must be >= 1"),
         ("train_base.py", ["--epochs", "0", "--dataset", "digits"], "--epochs must be >= 1"),
+        ("train_base.py", ["--model", "os:system", "--dataset", "digits"], "'os:system' failed"),
         ("train_agent.py", ["--resume", "/nonexistent/run"], "no config.json"),
     ],
 )
