@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from models.data import DataSplits, default_cache_dir
 from models.errors import RlpruneError
+from models.pretrained import PRETRAINED_DIR, find_pretrained, load_pretrained
 from models.zoo import build_model
 
 OPTIMIZERS = ("sgd", "adam")
@@ -311,12 +312,15 @@ def get_base_model(
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
     retrain: bool = False,
+    shipped_dir: Path | None = PRETRAINED_DIR,
 ) -> tuple[nn.Module, dict]:
-    """Returns a trained ``model_name`` for ``splits``, from the checkpoint cache when possible.
+    """Returns a trained ``model_name`` for ``splits``: cached, shipped, or trained now.
 
     Checkpoints live in ``<cache_dir>/base_models/``, keyed by a hash of the model name, the
     dataset (name, shapes, classes, label fingerprint) and every training setting. An unreadable
-    checkpoint is retrained with a warning.
+    checkpoint is retrained with a warning. Without a cached checkpoint, weights shipped with
+    rlprune for this model on exactly this data split (:mod:`models.pretrained`) are used
+    instead of training, whatever ``config`` says; their test accuracy is measured again.
 
     Args:
         model_name: Any name :func:`models.zoo.build_model` accepts.
@@ -324,11 +328,13 @@ def get_base_model(
         config: Training settings.
         device: Where to train; the returned model lives there.
         cache_dir: Cache root (default: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``).
-        retrain: Ignore an existing checkpoint and overwrite it.
+        retrain: Ignore an existing checkpoint (and shipped weights) and overwrite it.
+        shipped_dir: Where shipped weights are looked up (None: never use them).
 
     Returns:
         ``(model in eval mode, info)`` where info holds ``test_acc`` (in [0, 1]),
-        ``train_time_s``, ``path`` (the checkpoint, str), ``cached`` (bool) and ``history``.
+        ``train_time_s``, ``path`` (the checkpoint, str), ``cached`` (bool), ``history`` and
+        ``source`` (``"cache"``, ``"shipped"`` or ``"trained"``).
     """
     key = _cache_key(model_name, splits, config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -340,10 +346,29 @@ def get_base_model(
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(checkpoint["state_dict"])
             info = {field: checkpoint[field] for field in ("test_acc", "train_time_s", "history")}
-            return model.to(device).eval(), {**info, "path": str(path), "cached": True}
+            return model.to(device).eval(), {
+                **info,
+                "path": str(path),
+                "cached": True,
+                "source": "cache",
+            }
         except Exception as err:  # any unreadable or mismatching file: train afresh
             warnings.warn(f"retraining: checkpoint {path} is unreadable ({err})", stacklevel=2)
             model = _build_seeded(model_name, splits, config.seed)
+    entry = None
+    if shipped_dir is not None and not retrain:
+        entry = find_pretrained(model_name, splits, shipped_dir)
+    if entry is not None:
+        load_pretrained(model, entry, shipped_dir)
+        model.to(device).eval()
+        return model, {
+            "test_acc": evaluate(model, splits.test, device),
+            "train_time_s": entry.get("train_time_s"),
+            "history": [],
+            "path": str(shipped_dir / entry["file"]),
+            "cached": True,
+            "source": "shipped",
+        }
     start = time.perf_counter()
     history = train_model(model, splits.train, config, device, splits.reward_val, model_name)
     info = {
@@ -355,7 +380,7 @@ def get_base_model(
         _save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
     except OSError as err:
         warnings.warn(f"cannot cache the base model at {path}: {err}", stacklevel=2)
-    return model.eval(), {**info, "path": str(path), "cached": False}
+    return model.eval(), {**info, "path": str(path), "cached": False, "source": "trained"}
 
 
 def _build_seeded(model_name: str, splits: DataSplits, seed: int) -> nn.Module:

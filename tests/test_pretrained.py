@@ -1,0 +1,74 @@
+"""Shipped base-model weights: found only for the exact data split, checksummed, used by
+get_base_model instead of training."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.data import load_dataset
+from models.errors import CheckpointError
+from models.pretrained import data_fingerprint, find_pretrained, load_pretrained, ship
+from models.training import TrainConfig, evaluate, get_base_model
+
+
+@pytest.fixture(scope="module")
+def shipped(digits_splits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    model, info = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=1, progress=False),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        shipped_dir=None,
+    )
+    entry = ship(model, "vgg_small", digits_splits, info, "python scripts/train_base.py x", root)
+    return root, model, entry
+
+
+def test_shipped_weights_match_only_the_same_split(shipped, digits_splits) -> None:
+    root, _, entry = shipped
+    assert find_pretrained("vgg_small", digits_splits, root) == entry
+    assert find_pretrained("resnet20", digits_splits, root) is None
+    other_split = load_dataset("digits", seed=1)  # same images, other train/test assignment
+    assert data_fingerprint(other_split) != data_fingerprint(digits_splits)
+    assert find_pretrained("vgg_small", other_split, root) is None
+
+
+def test_get_base_model_uses_shipped_weights_instead_of_training(
+    shipped, digits_splits, tmp_path: Path
+) -> None:
+    root, model, entry = shipped
+    loaded, info = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=7, progress=False),  # other settings: still the shipped ones
+        cache_dir=str(tmp_path),
+        shipped_dir=root,
+    )
+    assert info["source"] == "shipped" and info["cached"]
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert info["test_acc"] == evaluate(model, digits_splits.test) == entry["test_acc"]
+    _, retrained = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=1, progress=False),
+        cache_dir=str(tmp_path),
+        shipped_dir=root,
+        retrain=True,
+    )
+    assert retrained["source"] == "trained"
+
+
+def test_altered_shipped_weights_are_refused(shipped, tmp_path: Path) -> None:
+    root, model, entry = shipped
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in root.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data = bytearray((copy / entry["file"]).read_bytes())
+    data[-10] ^= 0xFF
+    (copy / entry["file"]).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
+        load_pretrained(model, entry, copy)
