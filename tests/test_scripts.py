@@ -70,7 +70,7 @@ def test_train_agent_end_to_end(trained_run):
 def run_agent_on_resnet20(script, model_flag, trained_run, out):
     """``script`` with the trained agent on resnet20, 2 search episodes, tiny settings."""
     run_dir, _, cache = trained_run
-    agent = str(run_dir / "agent.zip")
+    agent = str(run_dir if script == "apply_agent.py" else run_dir / "agent.zip")  # both work
     args = ["--agent", agent, model_flag, "resnet20", *TINY, "--episodes", "2"]
     return run(script, *args, "--output-dir", str(out), cache=cache)
 
