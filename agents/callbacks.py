@@ -200,10 +200,8 @@ class SearchCallback(BaseCallback):
                 best = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue  # a best file is written atomically; a foreign file is not ours
-            model = best.get("model", "model")
-            if isinstance(best.get("reward"), int | float) and best["reward"] > self.best_reward(
-                model
-            ):
+            model, reward = best.get("model", "model"), best.get("reward")
+            if isinstance(reward, int | float) and reward > self.best_reward(model):
                 self.bests[model] = best
 
     def _on_step(self) -> bool:
@@ -280,6 +278,8 @@ class SearchCallback(BaseCallback):
                 are dropped so that a resumed search does not credit them with another reward.
         """
         if mid_episode:
+            if self.episode == self._saved_episode:
+                return  # the last checkpoint holds this very state, taken between episodes
             drop_partial_episode(self.model)
         write_checkpoint(self.model, self.run_dir, {"episode": self.episode, "bests": self.bests})
         self._saved_episode = self.episode

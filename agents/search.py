@@ -89,7 +89,8 @@ def resume(run_dir: str | Path, env: Any, device: str = "cpu") -> tuple[AMCDDPG,
     The agent comes with its replay buffer (without any unfinished episode) and the random
     generators as they were at the checkpoint; pass the state to :func:`run_search` as
     ``resume_state``. With a deterministic environment the continued search then equals the
-    uninterrupted one.
+    uninterrupted one. The environment's own state is not part of the checkpoint: its result
+    cache and (``cost="latency"``) the calibration of its latency estimate start afresh.
 
     Raises:
         CheckpointError: No checkpoint in ``run_dir``, or one that does not fit ``env``.
