@@ -392,6 +392,15 @@ class ChannelPruningEnv(gym.Env):
             self._cache[key] = result
         return {**result, "strategy": dict(strategy), "cached": False}
 
+    def evaluated_results(self) -> list[dict[str, Any]]:
+        """Every distinct architecture evaluated with accuracy so far (copies of the cached
+        :meth:`evaluate_strategy` results, without ``strategy``; ``kept_channels`` names it)."""
+        return [dict(result) for result in self._cache.values()]
+
+    def cost_ratio(self, result: Mapping[str, Any]) -> float:
+        """The cost ratio the env's target applies to, from an :meth:`evaluate_strategy` result."""
+        return result["latency_ratio" if self.config.cost == "latency" else "macs_ratio"]
+
     def prune(self, strategy: Mapping[str, float]) -> nn.Module:
         """A pruned, BN-recalibrated copy of the model (the source model is untouched)."""
         pruned = self.pruner.apply(strategy)
