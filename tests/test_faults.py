@@ -128,6 +128,26 @@ def test_killed_and_resumed_search_equals_the_uninterrupted_one(env, cache, tmp_
         assert torch.equal(value, final[1][key]), key
 
 
+def test_resume_keeps_a_later_best_and_cuts_the_log_back(env, tmp_path):
+    agent = make_agent(env, AGENT, num_units=env.num_units)
+    run_search(agent, tmp_path, 3, max_units=env.num_units, progress=False)
+    # as if killed after logging episode 4, whose strategy was the best so far
+    later = {**json.loads((tmp_path / "best_strategy.json").read_text()), "episode": 4}
+    later["reward"] += 1.0
+    (tmp_path / "best_strategy.json").write_text(json.dumps(later))
+    with (tmp_path / "episodes.csv").open("a") as f:
+        f.write("4,model,0.5,0.5,1,0.5,0.5,0.5,1.5,False,0.1\n5,mod")  # and cut in episode 5
+
+    agent, state = resume(tmp_path, env)
+    assert state["episode"] == 3 and state["bests"]["model"]["reward"] < later["reward"]
+    result = run_search(
+        agent, tmp_path, 1, max_units=env.num_units, resume_state=state, progress=False
+    )
+    assert result.best == later
+    assert read_search_state(tmp_path)["bests"]["model"] == later
+    assert [int(r["episode"]) for r in csv_rows(tmp_path)] == [1, 2, 3, 4]
+
+
 def write_checkpoints_forever(agent: AMCDDPG, run_dir: Path, first: int, ready: int) -> None:
     """(In a forked child.) Checkpoint ``first``, ``first + 1``, ... until killed.
 
