@@ -1,17 +1,22 @@
 """Benchmark the learned pruning policy against simple rules, at equal measured latency.
 
-For every task (base model + dataset), latency target and seed, five methods prune the same
+For every task (base model + dataset), latency target and seed, the methods prune the same
 trained model: ``uniform`` (one ratio everywhere), ``global`` (one global magnitude threshold),
-``random`` (best of N random strategies through the env), ``agent`` (DDPG, latency reward) and
-``agent_macs`` (DDPG, AMC's MACs proxy, same numeric target), the searches with the same number of
-episodes. Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the
-same settings and evaluated again; all models of one task and target are then timed together,
-interleaved, best of several passes. Writes ``results.md`` (tables), ``results.json``
-and PNG plots into ``--output-dir``.
+``random`` (per-unit random actions through the env's action wall), ``sampled`` (EagleEye's
+random search: whole random strategies projected onto the target), ``tpe`` (Optuna TPE over the
+same projection), ``agent`` (DDPG, latency reward) and ``agent_macs`` (DDPG, AMC's MACs proxy,
+same numeric target), the searches with the same number of episodes. Every search ends with the
+same selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures
+re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole reward split).
+Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same
+settings (annealed to zero) and evaluated again; all models of one task and target are then
+timed together, interleaved, best of several passes. Every finished cell (task, target, method,
+seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it
+stopped. Writes ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
-    python scripts/benchmark.py --tasks cifar10-resnet20 --targets 0.5 --seeds 0,1 --episodes 100
+    python scripts/benchmark.py --reduced                # CIFAR-10 resnet20, 0.5, one seed
     python scripts/benchmark.py --throughput-only        # search cost vs units and reward split
 
 CIFAR-10 tasks read ``imagefolder:../shared/data/cifar10/train`` when that folder exists,
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -44,9 +50,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.ddpg import AgentConfig, make_agent  # noqa: E402
 from agents.search import run_search  # noqa: E402
-from envs.baselines import global_for_target, random_search, uniform_for_target  # noqa: E402
+from agents.selection import SelectionConfig, select_strategy  # noqa: E402
+from envs.baselines import (  # noqa: E402
+    global_for_target,
+    random_search,
+    sampled_search,
+    tpe_search,
+    uniform_for_target,
+)
 from envs.latency import LatencyConfig, compare_latency  # noqa: E402
-from envs.pruning import count_cost  # noqa: E402
+from envs.pruning import Pruner, count_cost  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.data import DataSplits, load_dataset, stratified_subset_indices  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
@@ -54,8 +67,9 @@ from models.training import TrainConfig, evaluate, fine_tune, get_base_model  # 
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
 
 SHARED_CIFAR10 = "../shared/data/cifar10/train"
-METHODS = ("uniform", "global", "random", "agent", "agent_macs")
-SEARCH_METHODS = ("random", "agent", "agent_macs")
+METHODS = ("uniform", "global", "random", "sampled", "tpe", "agent", "agent_macs")
+SEARCH_METHODS = ("random", "sampled", "tpe", "agent", "agent_macs")
+DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent")
 TIME_KEYS = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
 
 
@@ -77,16 +91,25 @@ class Task:
     train: tuple[tuple[str, Any], ...] = ()
 
 
-#: 10 epochs on 8,000 images: about 10 minutes per model on one shared CPU core.
-_CIFAR_TRAIN = (("epochs", 10), ("batch_size", 128), ("lr", 0.05))
+#: The CIFAR-10 recipe of the shipped base models (models/pretrained): 40 epochs, crop + flip.
+_CIFAR_TRAIN = (
+    ("epochs", 40),
+    ("batch_size", 128),
+    ("lr", 0.1),
+    ("augment", True),
+    ("nesterov", True),
+    ("label_smoothing", 0.1),
+)
 TASKS: dict[str, Task] = {
     "default": Task(DEFAULT_MODEL, "mnist5k"),  # the project's default base model
-    "cifar10-resnet20": Task("resnet20", "cifar10", 10000, _CIFAR_TRAIN),
-    "cifar10-vgg_small": Task("vgg_small", "cifar10", 10000, _CIFAR_TRAIN),
-    "cifar10-mobilenetv2_small": Task("mobilenetv2_small", "cifar10", 10000, _CIFAR_TRAIN),
+    "cifar10-resnet20": Task("resnet20", "cifar10", None, _CIFAR_TRAIN),
+    "cifar10-plain20": Task("plain20", "cifar10", None, _CIFAR_TRAIN),
+    "cifar10-vgg_cifar": Task("vgg_cifar", "cifar10", None, _CIFAR_TRAIN),
     "tiny": Task("vgg_small", "digits", None, (("epochs", 2),)),  # seconds; for tests
 }
-FULL_TASKS = ("default", "cifar10-resnet20", "cifar10-vgg_small", "cifar10-mobilenetv2_small")
+FULL_TASKS = ("default", "cifar10-resnet20", "cifar10-plain20")
+#: Tasks whose fine-tunes use the CIFAR crop-and-flip augmentation.
+AUGMENTED_TASKS = ("cifar10-resnet20", "cifar10-plain20", "cifar10-vgg_cifar")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,13 +119,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="default task, target 0.5, 1 seed, 60 episodes"
     )
+    p.add_argument(
+        "--reduced", action="store_true", help="cifar10-resnet20, target 0.5, 1 seed (~1 hour)"
+    )
     p.add_argument("--tasks", default=",".join(FULL_TASKS), help=f"of {', '.join(TASKS)}")
-    p.add_argument("--targets", default="0.3,0.5,0.7", help="latency (and MACs) targets")
+    p.add_argument("--targets", default="0.5,0.3", help="latency (and MACs) targets")
     p.add_argument("--seeds", default="0,1,2", help="search and fine-tune seeds")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"of {', '.join(METHODS)}")
     p.add_argument("--episodes", type=int, default=300, help="episodes per search (all searches)")
     p.add_argument("--warmup", type=int, default=None, help="agent warm-up (default episodes/3)")
-    p.add_argument("--fine-tune-epochs", type=int, default=2, help="same for every method")
+    p.add_argument("--select-top-k", type=int, default=SelectionConfig().top_k)
+    p.add_argument(
+        "--select-steps",
+        type=int,
+        default=SelectionConfig().fine_tune_steps,
+        help="fine-tune steps of the final re-scoring of each search's top-k",
+    )
+    p.add_argument("--fine-tune-epochs", type=int, default=5, help="same for every method")
+    p.add_argument(
+        "--fine-tune-seeds",
+        type=int,
+        default=None,
+        help="fine-tune only the first N seeds of each method (default: all)",
+    )
     p.add_argument(
         "--cifar10", default="auto", help="CIFAR-10 source: auto, cifar10 or imagefolder:DIR"
     )
@@ -125,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.tasks, args.targets, args.seeds, args.episodes = "default", "0.5", "0", 60
+    if args.reduced:
+        args.tasks, args.targets, args.seeds = "cifar10-resnet20", "0.5", "0"
+        args.episodes, args.fine_tune_epochs = 150, 2
     return args
 
 
@@ -170,9 +212,8 @@ def run_agent(
     """DDPG search with AMC's defaults; the best record plus per-episode times."""
     shutil.rmtree(run_dir, ignore_errors=True)
     recorder = InfoRecorder(env)
-    agent = make_agent(
-        recorder, AgentConfig(warmup_episodes=warmup, seed=seed), num_units=env.num_units
-    )
+    config = AgentConfig(warmup_episodes=warmup, seed=seed, episodes=episodes)
+    agent = make_agent(recorder, config, num_units=env.num_units)
     result = run_search(
         agent,
         run_dir,
@@ -226,16 +267,31 @@ def search_strategy(
         result = global_for_target(env)
     elif method == "random":
         result = random_search(env, args.episodes, seed)
+    elif method == "sampled":
+        result = sampled_search(env, args.episodes, seed)
+    elif method == "tpe":
+        result = tpe_search(env, args.episodes, seed)
     else:
         warmup = args.warmup if args.warmup is not None else args.episodes // 3
         result = run_agent(env, args.episodes, warmup, seed, run_dir)
     seconds = result.get("seconds", time.perf_counter() - start)
-    return {
+    found = {
         "strategy": result["strategy"],
         "search_s": seconds,
         "history": result.get("history", []),
         "env": env,
+        "search_best_reward_acc": result.get("accuracy"),
     }
+    if method in SEARCH_METHODS:  # the same final choice for every search
+        t0 = time.perf_counter()
+        selection = SelectionConfig(
+            top_k=args.select_top_k, fine_tune_steps=args.select_steps, seed=seed
+        )
+        chosen = select_strategy(env, splits.train, selection)
+        found["strategy"] = chosen["strategy"]
+        found["select_s"] = time.perf_counter() - t0
+        found["selected_rank"] = chosen["search_rank"]
+    return found
 
 
 def score(
@@ -245,15 +301,21 @@ def score(
     fine_tune_epochs: int,
     seed: int,
     progress: bool,
+    augment: bool = False,
 ) -> tuple[dict[str, float], nn.Module]:
-    """Accuracies of a strategy: BN-recalibrated (reward and test split) and fine-tuned (test)."""
+    """Accuracies of a strategy: BN-recalibrated (reward and test split) and fine-tuned (test).
+
+    The fine-tune anneals its learning rate to zero (cosine), the same recipe for every method.
+    """
     pruned = env.prune(strategy)
     row = {
         "reward_acc": evaluate(pruned, splits.reward_val, env.device),
         "test_acc": evaluate(pruned, splits.test, env.device),
     }
     if fine_tune_epochs > 0:
-        fine_tune(pruned, splits.train, fine_tune_epochs, seed=seed, progress=progress)
+        fine_tune(
+            pruned, splits.train, fine_tune_epochs, seed=seed, progress=progress, augment=augment
+        )
         row["test_acc_ft"] = evaluate(pruned, splits.test, env.device)
     macs, params = count_cost(pruned, env.example_input)
     row["macs_ratio"] = macs / env.base_macs
@@ -283,42 +345,61 @@ def run_task_target(
     args: argparse.Namespace,
     out: Path,
 ) -> list[dict[str, Any]]:
-    """All methods and seeds at one target; rows with accuracies, costs and timings."""
+    """All methods and seeds at one target; rows with accuracies, costs and timings.
+
+    A finished cell (method, seed) is read back from ``out/cells`` instead of being run again;
+    its pruned model is rebuilt from the cached strategy for the final, shared timing.
+    """
     methods, seeds = csv_list(args.methods), csv_list(args.seeds, int)
     progress = not args.no_progress
+    ft_seeds = seeds if args.fine_tune_seeds is None else seeds[: args.fine_tune_seeds]
+    augment = task_name in AUGMENTED_TASKS
     rows, models = [], {"original": model}
+    pruner = None
     for method in methods:
         deterministic = method not in SEARCH_METHODS
         found = None
         for seed in seeds:
+            key = f"{method}/s{seed}"
+            cell = out / "cells" / f"{task_name}_t{target}_{method}_s{seed}.json"
+            if cell.is_file():
+                row = json.loads(cell.read_text())
+                if pruner is None:
+                    pruner = Pruner(model, torch.zeros(1, *splits.input_shape))
+                models[key] = pruner.apply(row["strategy"])
+                rows.append({**row, "key": key})
+                print(f"  {task_name} t={target} {method} s{seed}: cached", flush=True)
+                continue
             if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
                 run_dir = out / "runs" / f"{task_name}_t{target}_{method}_s{seed}"
                 found = search_strategy(method, model, splits, target, seed, args, run_dir)
             t0 = time.perf_counter()
+            epochs = args.fine_tune_epochs if seed in ft_seeds else 0
             accs, pruned = score(
-                found["env"], found["strategy"], splits, args.fine_tune_epochs, seed, progress
+                found["env"], found["strategy"], splits, epochs, seed, progress, augment
             )
-            key = f"{method}/s{seed}"
             models[key] = pruned
             # The env's own ratio: timed interleaved run by run with the original (cached by
             # shape, so free for latency searches); robust where best-of-passes is not.
             env_ratio = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
-            rows.append(
-                {
-                    "task": task_name,
-                    "target": target,
-                    "method": method,
-                    "seed": seed,
-                    **accs,
-                    "env_latency_ratio": env_ratio["latency_ratio"],
-                    "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
-                    "score_s": time.perf_counter() - t0,
-                    "strategy": found["strategy"],
-                    "history": found["history"] if not deterministic else [],
-                    "units": found["env"].num_units,
-                    "key": key,
-                }
-            )
+            row = {
+                "task": task_name,
+                "target": target,
+                "method": method,
+                "seed": seed,
+                **accs,
+                "env_latency_ratio": env_ratio["latency_ratio"],
+                "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
+                "select_s": found.get("select_s", 0.0),
+                "selected_rank": found.get("selected_rank"),
+                "search_best_reward_acc": found.get("search_best_reward_acc"),
+                "score_s": time.perf_counter() - t0,
+                "strategy": found["strategy"],
+                "history": found["history"] if not deterministic else [],
+                "units": found["env"].num_units,
+            }
+            _write_atomic(cell, json.dumps(row, default=float))
+            rows.append({**row, "key": key})
             ft = accs.get("test_acc_ft", float("nan"))
             print(
                 f"  {task_name} t={target} {method} s{seed}: reward acc {accs['reward_acc']:.4f}, "
@@ -330,6 +411,14 @@ def run_task_target(
     for row in rows:
         row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[row.pop("key")]
     return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def load_task(
@@ -596,9 +685,10 @@ def _write(
     ]
     if scaling:
         text += ["\n## Search cost vs units and reward-split size (random actions)\n", scaling]
-    (out / "results.md").write_text("\n".join(text) + "\n")
-    (out / "results.json").write_text(
-        json.dumps({"command": command, "bases": bases, "rows": rows}, indent=1, default=float)
+    _write_atomic(out / "results.md", "\n".join(text) + "\n")
+    _write_atomic(
+        out / "results.json",
+        json.dumps({"command": command, "bases": bases, "rows": rows}, indent=1, default=float),
     )
 
 

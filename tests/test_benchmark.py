@@ -27,19 +27,20 @@ def _run(*args: str, cache: Path) -> subprocess.CompletedProcess:
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=120,
+        timeout=300,
     )
 
 
 def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     out = tmp_path / "bench"
-    proc = _run(
+    flags = (
         "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
         "--warmup", "1", "--fine-tune-epochs", "1", "--latency-repeats", "3",
         "--latency-passes", "1", "--latency-batch-size", "64", "--no-progress",
+        "--methods", ",".join(benchmark.METHODS), "--select-top-k", "2", "--select-steps", "2",
         "--output-dir", str(out),
-        cache=tmp_path / "cache",
     )  # fmt: skip
+    proc = _run(*flags, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (out / "results.md").read_text()
     for method in benchmark.METHODS:
@@ -56,6 +57,21 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     agent = next(r for r in rows if r["method"] == "agent")
     assert len(agent["history"]) == 3 and agent["history"][0]["seconds"] > 0
     assert (out / "runs" / "tiny_t0.8_agent_s0" / "episodes.csv").is_file()
+    for method in benchmark.SEARCH_METHODS:  # every search went through the final selection
+        row = next(r for r in rows if r["method"] == method)
+        assert row["selected_rank"] in (0, 1) and row["select_s"] > 0
+
+    # Every cell is cached: a second run scores nothing again and reports the same accuracies.
+    again = _run(*flags, cache=tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count(": cached") == len(benchmark.METHODS)
+    rows_again = json.loads((out / "results.json").read_text())["rows"]
+    for first, second in zip(rows, rows_again, strict=True):
+        assert (first["method"], first["test_acc"], first["test_acc_ft"]) == (
+            second["method"],
+            second["test_acc"],
+            second["test_acc_ft"],
+        )
 
 
 @pytest.mark.parametrize(
