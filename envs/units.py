@@ -9,7 +9,8 @@ A unit that touches a grouped convolution (ResNeXt, RegNet) has ``channel_groups
 form that many equal groups, and every group loses the same channels, so the convolution keeps its
 ``groups``. A channel shuffle (ShuffleNet: a view that splits the channel dimension into groups, a
 transpose, a view back) is a permutation Torch-Pruning cannot follow: the groups crossing it are
-not units, the layers inside the shuffled branches are.
+not units, the layers inside the shuffled branches are. The same holds for other reshapes from or
+to tensors that are neither 2-D nor 4-D (attention heads, Swin's windows).
 
 :func:`estimate_cost` predicts the MACs, parameters or latency of a pruned model from per-layer
 costs without pruning anything, for the budget clamp of the environment.
@@ -221,14 +222,14 @@ def analyse_units(
             "layer(s) and the output layer is never pruned; pick a model with hidden conv or "
             "linear layers"
         )
-    graph, shuffles = _build_graph(model, example_input)
+    graph, reshapes = _build_graph(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     protected = list(ignored_layers) + _final_layers(graph)
     found: list[tuple[int, str, tuple[str, ...], tp.dependency.Group, int]] = []
     skipped: list[tuple[str, str]] = []
-    for root, group in _all_groups(graph, protected):
-        if isinstance(group, str):  # Torch-Pruning failed to map this layer's channels
-            skipped.append((names[root], group))
+    for root, group, failure in _all_groups(graph, protected):
+        if failure:
+            skipped.append((names[root], failure))
             continue
         layers = [
             names[d.target.module]
@@ -240,11 +241,9 @@ def analyse_units(
         if not layers:
             continue
         layers.sort(key=lambda n: stats[n].order)
-        reason = _unsupported(group, shuffles)
-        channel_groups = 1 if reason else _channel_groups(graph, group)
-        if isinstance(channel_groups, str):
-            reason = channel_groups
-        elif not reason and len(group[0].idxs) < 2 * channel_groups:
+        reason = _unsupported(group, reshapes)
+        channel_groups, reason = (1, reason) if reason else _channel_groups(graph, group)
+        if not reason and len(group[0].idxs) < 2 * channel_groups:
             reason = "fewer than 2 channels" + (" per group" if channel_groups > 1 else "")
         if reason:
             skipped.append((layers[0], reason))
@@ -303,18 +302,20 @@ def _input_keep(row: LayerCost, keep: Sequence[float]) -> float:
 
 def _build_graph(
     model: nn.Module, example_input: torch.Tensor
-) -> tuple[tp.DependencyGraph, set[object]]:
-    """The dependency graph, and the autograd nodes of the channel-shuffle views in it."""
-    finder = _ChannelShuffleFinder()
+) -> tuple[tp.DependencyGraph, dict[object, str]]:
+    """The dependency graph, and the autograd nodes of the reshapes it cannot map, with why."""
+    seen = _Reshapes()
+    refused: dict[object, str] = {}
     try:
-        with eval_mode(model), torch.enable_grad(), _shuffles_unmapped(finder.found):
+        with eval_mode(model), torch.enable_grad(), _guarded_mappings(seen, refused):
             x = example_input.detach().clone().requires_grad_(True)
-            with finder:
+            with seen:
                 graph = tp.DependencyGraph().build_dependency(model, x, verbose=False)
-        for node in graph.module2node.values():
-            if node.grad_fn in finder.found:  # no reshape mapping in later get_pruning_group calls
+        for node in graph.module2node.values():  # no mapping in later get_pruning_group calls
+            unbound = node.type == tp.ops.OPTYPE.UNBIND and not node.inputs
+            if node.grad_fn in refused or unbound:
                 node.type = tp.ops.OPTYPE.ELEMENTWISE
-        return graph, finder.found
+        return graph, refused
     except Exception as err:
         hint = (
             "call outside torch.inference_mode()"
@@ -328,27 +329,38 @@ def _build_graph(
         ) from err
 
 
-class _ChannelShuffleFinder(TorchFunctionMode):
-    """Records the views that split dim 1 of a 4-D map into two dims, or merge them back.
+class _Reshapes(TorchFunctionMode):
+    """Records the flattens of 4-D maps for a linear layer, and the channel-shuffle views.
 
-    Such a pair around a transpose is a channel shuffle, ``x.view(n, g, c // g, h, w)
-    .transpose(1, 2).view(n, c, h, w)``. Torch-Pruning treats the views as flattens and the
-    transpose as element-wise, which maps channels wrongly (or divides by zero).
+    Torch-Pruning maps channels through a reshape by inferring the channel counts around it; only
+    flattening ``[N, C, H, W]`` into ``[N, C*H*W]`` (and back) is mapped right. Its guard against
+    other ranks reads a grad_fn attribute that torch 2 renamed (``_saved_self_sizes``), so it never
+    fires: through a channel shuffle (``x.view(n, g, c // g, h, w).transpose(1, 2).view(n, c, h,
+    w)``) it divides by zero, through attention matmuls and windows (Swin) it multiplies indices
+    until one group takes many minutes.
     """
 
-    _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
+    _RESHAPES = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.flatten)
+    _RESHAPES += (torch.flatten, torch.Tensor.unflatten, torch.unflatten)
 
     def __init__(self) -> None:
         super().__init__()
-        self.found: set[object] = set()
+        self.flattens: set[object] = set()
+        self.shuffles: set[object] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in self._VIEWS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+        if func in self._RESHAPES and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             src, dst = tuple(args[0].shape), tuple(out.shape)
+            if _flattens(src, dst) or _flattens(dst, src):
+                self.flattens.add(out.grad_fn)
             if _splits_channels(src, dst) or _splits_channels(dst, src):
-                self.found.add(out.grad_fn)
+                self.shuffles.add(out.grad_fn)
         return out
+
+
+def _flattens(maps: tuple[int, ...], flat: tuple[int, ...]) -> bool:
+    return len(maps) == 4 and len(flat) == 2 and flat == (maps[0], _prod(maps[1:]))
 
 
 def _splits_channels(flat: tuple[int, ...], split: tuple[int, ...]) -> bool:
@@ -362,32 +374,72 @@ def _splits_channels(flat: tuple[int, ...], split: tuple[int, ...]) -> bool:
 
 
 @contextmanager
-def _shuffles_unmapped(shuffles: set[object]) -> Iterator[None]:
-    """Makes Torch-Pruning give the channel-shuffle views no index mapping while it builds a graph.
+def _guarded_mappings(seen: _Reshapes, refused: dict[object, str]) -> Iterator[None]:
+    """Lets Torch-Pruning map channels through reshapes and expands only for real flattens.
 
-    (:func:`_build_graph` then retypes those nodes so that later calls skip them too.) The groups
-    crossing a shuffle are refused by :func:`_unsupported`, by these nodes.
+    Any other mapping it installs (or fails to) is undone and the node lands in ``refused`` with
+    why; :func:`_build_graph` then retypes those nodes so that later calls skip them too, and
+    :func:`_unsupported` refuses the groups crossing them.
     """
-    original = index_mapping.update_reshape_index_mapping
+    originals = (
+        index_mapping.update_reshape_index_mapping,
+        index_mapping.update_expand_index_mapping,
+        index_mapping.update_unbind_index_mapping,
+    )
 
-    def update(graph: tp.DependencyGraph, node) -> None:
-        if node.grad_fn not in shuffles:
-            original(graph, node)
+    def unbind(graph: tp.DependencyGraph, node) -> None:
+        if node.inputs:  # an unbound constant (a buffer) has none: Torch-Pruning would crash
+            originals[2](graph, node)
 
-    index_mapping.update_reshape_index_mapping = update
+    def guarded(update):
+        def run(graph: tp.DependencyGraph, node) -> None:
+            if node.grad_fn in refused:
+                return
+            deps = _deps_around(node)
+            before = [list(d.index_mapping) for d in deps]
+            try:
+                update(graph, node)
+                mapped = any(d.index_mapping != b for d, b in zip(deps, before, strict=True))
+                if not mapped or node.grad_fn in seen.flattens:
+                    return
+            except ArithmeticError:
+                pass
+            for dep, mapping in zip(deps, before, strict=True):
+                dep.index_mapping[:] = mapping
+            refused[node.grad_fn] = (
+                "channel shuffle (a permutation of channels Torch-Pruning cannot follow)"
+                if node.grad_fn in seen.shuffles
+                else f"a reshape Torch-Pruning cannot map channels through ({node.grad_fn.name()})"
+            )
+
+        return run
+
+    index_mapping.update_reshape_index_mapping = guarded(originals[0])
+    index_mapping.update_expand_index_mapping = guarded(originals[1])
+    index_mapping.update_unbind_index_mapping = unbind
     try:
         yield
     finally:
-        index_mapping.update_reshape_index_mapping = original
+        (
+            index_mapping.update_reshape_index_mapping,
+            index_mapping.update_expand_index_mapping,
+            index_mapping.update_unbind_index_mapping,
+        ) = originals
+
+
+def _deps_around(node) -> list:
+    """The dependencies from ``node`` and those into it: where index mappings of a node live."""
+    into = [d for n in (*node.inputs, *node.outputs) for d in n.dependencies if d.target is node]
+    return [*node.dependencies, *into]
 
 
 def _all_groups(
     graph: tp.DependencyGraph, protected: Sequence[nn.Module]
-) -> Iterator[tuple[nn.Module, tp.dependency.Group | str]]:
-    """(root layer, its full-index group) for each group not holding a protected layer.
+) -> Iterator[tuple[nn.Module, tp.dependency.Group | None, str]]:
+    """(root layer, its full-index group, '') for each group not holding a protected layer.
 
     Like ``DependencyGraph.get_all_groups``, but a layer whose group Torch-Pruning fails to build
-    yields the reason instead of ending the iteration.
+    yields ``(layer, None, why)`` instead of ending the iteration.
     """
     protected = set(protected) | set(graph.IGNORED_LAYERS_IN_TRACING)
     visited: set[nn.Module] = set()
@@ -401,12 +453,12 @@ def _all_groups(
             channels = list(range(pruner.get_out_channels(module)))
             group = graph.get_pruning_group(module, pruner.prune_out_channels, channels)
         except Exception as err:
-            yield module, f"Torch-Pruning cannot map its channels ({type(err).__name__})"
+            yield module, None, f"Torch-Pruning cannot map its channels ({type(err).__name__})"
             continue
         outs = [d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)]
         visited.update(outs)
         if not protected.intersection(outs):
-            yield module, group
+            yield module, group, ""
 
 
 _TOO_SMALL = ("output size is too small", "kernel size can't be greater", "smaller than kernel")
@@ -470,12 +522,15 @@ def _final_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     return finals
 
 
-def _unsupported(group: tp.dependency.Group, shuffles: set[object] = frozenset()) -> str:
-    """Why pruning the group would break a layer of it ('' when it would not)."""
+def _unsupported(group: tp.dependency.Group, reshapes: Mapping[object, str] | None = None) -> str:
+    """Why pruning the group would break a layer of it ('' when it would not).
+
+    ``reshapes`` maps the autograd nodes of reshapes Torch-Pruning cannot map to why.
+    """
     for dep, _ in group:
         m = dep.target.module
-        if dep.target.grad_fn in shuffles:
-            return "channel shuffle (a permutation of channels Torch-Pruning cannot follow)"
+        if reshapes and dep.target.grad_fn in reshapes:
+            return reshapes[dep.target.grad_fn]
         if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
             return f"GroupNorm with {m.num_groups} groups"
         if isinstance(m, nn.MultiheadAttention | nn.RNNBase):
@@ -483,8 +538,10 @@ def _unsupported(group: tp.dependency.Group, shuffles: set[object] = frozenset()
     return ""
 
 
-def _channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int | str:
-    """Equal channel groups the unit must keep (LCM of its grouped convs' ``groups``), or why not.
+def _channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> tuple[int, str]:
+    """(Equal channel groups the unit must keep: LCM of its grouped convs' ``groups``, '').
+
+    Or ``(1, why)`` when the group's channels cannot be split so.
 
     Pruning the same channels of every group keeps a grouped conv valid only where the unit's
     channel ``i`` is the conv's channel ``i`` (no concatenation or reshape in between).
@@ -500,11 +557,11 @@ def _channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> in
         inputs = graph.is_in_channel_pruning_fn(item.dep.handler)
         width = m.in_channels if inputs else m.out_channels
         if list(item.idxs) != list(item.root_idxs) or len(item.idxs) != width:
-            return f"grouped convolution (groups={m.groups}) fed through a concat or reshape"
+            return 1, f"grouped convolution (groups={m.groups}) fed through a concat or reshape"
         groups = math.lcm(groups, m.groups)
     if channels % groups:
-        return f"grouped convolutions whose groups ({groups}) do not divide {channels} channels"
-    return groups
+        return 1, f"grouped convolutions whose groups ({groups}) do not divide {channels} channels"
+    return groups, ""
 
 
 def _make_unit(

@@ -116,6 +116,7 @@ def prune_save_reload(name: str, shape: tuple[int, int, int], tmp_path: Path) ->
         text=True,
         timeout=1800,
     )
+    path.unlink()  # the sweep would otherwise keep gigabytes of weights in the temp dirs
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from archs import ARCHS
 from torch import Tensor, nn
 
 from envs.pruning import Pruner, count_cost
-from envs.units import LayerCost, estimate_cost, find_units
-from models.errors import PruningError
+from envs.units import LayerCost, analyse_units, estimate_cost, find_units
+from models.errors import NoPrunableLayersError, PruningError
 
 EXPECTED_UNITS = {"vgg_small": 6, "resnet20": 12, "mobilenetv2_small": 18, "resnet18": 12}
 
@@ -163,10 +164,54 @@ class _HardcodedView(nn.Module):
         return self.head(x.reshape(x.shape[0], 8, 16).flatten(1))
 
 
+class _FixedScale(nn.Module):
+    """A per-channel scale kept in a buffer, which Torch-Pruning does not prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("scale", torch.ones(1, 8, 1, 1))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.conv(x) * self.scale, 1)
+        return self.head(x.flatten(1))
+
+
 def test_unprunable_layers_raise_pruning_error_naming_them():
     with pytest.raises(PruningError, match="'conv'.*ignored_layers"):
-        Pruner(_HardcodedView(), torch.randn(1, 3, 8, 8))
-    model = _HardcodedView()
+        Pruner(_FixedScale(), torch.randn(1, 3, 8, 8))
+    model = _FixedScale()
     assert find_units(model, torch.randn(1, 3, 8, 8), ignored_layers=[model.conv])[0] == []
+    # A reshape into 3-D: Torch-Pruning's channel mapping through it is refused up front.
+    skipped = analyse_units(_HardcodedView(), torch.randn(1, 3, 8, 8)).skipped
+    assert skipped == [
+        ("conv", "a reshape Torch-Pruning cannot map channels through (ViewBackward0)")
+    ]
     with pytest.raises(PruningError, match="example input"):
         find_units(model, torch.randn(1, 5, 8, 8))
+
+
+def test_channel_shuffle_groups_are_not_units_but_the_branches_are():
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    analysis = analyse_units(model, torch.randn(1, 3, 32, 32))
+    blocks = [f"stage{s}.{b}" for s, n in ((2, 4), (3, 8), (4, 4)) for b in range(n)]
+    # By the architecture: the stem, the inside of every block's second branch and the last conv
+    # do not cross a shuffle; the block outputs (interleaved by the shuffle) do.
+    expected = ["conv1.0", *(f"{b}.branch2.0" for b in blocks), "conv5.0"]
+    assert [u.name for u in analysis.units] == expected
+    assert dict(analysis.skipped)["stage3.0.branch1.2"].startswith("channel shuffle")
+
+
+def test_units_with_grouped_convs_keep_their_groups():
+    model = torchvision.models.regnet_y_400mf(num_classes=10).eval()
+    units = find_units(model, torch.randn(1, 3, 32, 32))[0]
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d) and 1 < conv.groups < conv.out_channels:
+            outs = [u for u in units if name in u.layer_names]
+            assert len(outs) == 1 and outs[0].channel_groups == conv.groups, name
+
+
+def test_model_without_hidden_layers_has_no_units():
+    with pytest.raises(NoPrunableLayersError, match="^no prunable layers in Sequential"):
+        find_units(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), torch.randn(1, 1, 8, 8))

@@ -35,6 +35,15 @@ def test_too_small_input_is_resized_for_torchvision_models() -> None:
     assert not isinstance(build_model("densenet121", (3, 32, 32), 10), ResizedInput)
 
 
+@pytest.mark.parametrize(
+    "name,size", [("googlenet", 16), ("squeezenet1_0", 22), ("squeezenet1_1", 18)]
+)
+def test_nets_that_fail_on_digits_are_upsampled(name: str, size: int) -> None:
+    model = build_model(name, (1, 8, 8), 10)  # their pools shrink 8x8 maps to nothing
+    assert isinstance(model, ResizedInput) and model.size == (size, size)
+    assert _logits(model, (1, 8, 8)).shape == (2, 10)
+
+
 def test_list_models_has_small_and_torchvision_names() -> None:
     names = list_models()
     assert DEFAULT_MODEL in names and "resnet20" in names and "vit_b_16" in names
