@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,20 @@ def make_recipe(
     }
 
 
+def save_pruned_atomic(model: nn.Module, path: str | Path, recipe: Mapping[str, Any]) -> None:
+    """:func:`envs.pruning.save_pruned` into temporary files renamed into place: a kill never
+    leaves a half-written model (nor destroys the one it replaces)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt")
+    try:
+        save_pruned(model, tmp, recipe)
+        os.replace(tmp, path)
+        os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".json").unlink(missing_ok=True)
+
+
 def save_deliverables(
     run_dir: str | Path,
     rows: list[ModelRow],
@@ -183,7 +198,7 @@ def save_deliverables(
     path = Path(run_dir) / f"pruned_model{suffix}.pt"
     agent_row = next(r for r in rows if r.name == "agent")
     model = copy.deepcopy(agent_row.model).cpu()
-    save_pruned(model, path, {**recipe, "strategy": dict(strategy)})
+    save_pruned_atomic(model, path, {**recipe, "strategy": dict(strategy)})
     reloaded, _ = load_pruned(path)
     x = torch.randn(4, *recipe["input_shape"])
     with torch.no_grad():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import common
 
-from envs.pruning import save_pruned
+from agents.finalize import save_pruned_atomic
 from models.errors import RlpruneError
 from models.training import evaluate, fine_tune, resolve_device
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"after {args.epochs} epoch(s): test accuracy {after:.4f} ({after - before:+.4f})")
     epochs_so_far = int(recipe.get("fine_tuned_epochs", 0)) + args.epochs
-    save_pruned(model, output, {**recipe, "fine_tuned_epochs": epochs_so_far})
+    save_pruned_atomic(model, output, {**recipe, "fine_tuned_epochs": epochs_so_far})
     print(f"saved {output} (and {output.with_suffix('.json')})")
     return 0
 
