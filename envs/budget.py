@@ -59,19 +59,6 @@ def min_pruning_ratio(
     return hi
 
 
-def clamp_ratio(
-    ratio: float,
-    cost_model: CostModel,
-    decided: Sequence[float],
-    num_units: int,
-    target_cost: float,
-    max_ratio: float,
-) -> float:
-    """The agent's ``ratio`` raised, if needed, to :func:`min_pruning_ratio` (AMC's action wall)."""
-    floor = min_pruning_ratio(cost_model, decided, num_units, target_cost, max_ratio)
-    return min(max(ratio, floor), max_ratio)
-
-
 def check_reachable(target: float, max_pruned_ratio: float, what: str) -> None:
     """Reject a target ratio that is not in (0, 1) or below what maximal pruning reaches.
 

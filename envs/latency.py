@@ -43,6 +43,11 @@ class LatencyConfig:
             :func:`compare_latency`, whose numbers are reported and so always get every repeat.
         min_repeats: fewest interleaved pairs before the stopping rule may stop (the spread of
             fewer is itself too noisy to trust).
+        pause_ms: untimed sleep before every timed run. On a CPU shared with busier processes the
+            scheduler preempts a process that never sleeps every few ms, inside whichever run is
+            going on, the longer model's more often: here (2 cores, load 7) a 2 ms model timed at
+            6 ms and its 0.45 ratio to a pruned copy at 0.14-0.31; with 0.5 ms pauses, 2.2 ms
+            and 0.44-0.47.
     """
 
     device: str = "cpu"
@@ -52,6 +57,7 @@ class LatencyConfig:
     threads: int | None = None
     rel_tol: float | None = 0.02
     min_repeats: int = 5
+    pause_ms: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def measure_latency(
     with _timing(config):
         x = _batch(input_shape, config)
         with eval_mode(model):
-            run = _timer(model, x, config.device)
+            run = _timer(model, x, config.device, config.pause_ms)
             for _ in range(config.warmup):
                 run()
             return LatencyStats.from_times([run() for _ in range(max(config.repeats, 1))])
@@ -227,7 +233,10 @@ class LatencyMeter:
         with _timing(cfg):
             x = _batch(self.input_shape, cfg)
             with eval_mode(model), eval_mode(self.reference):
-                runs = (_timer(model, x, cfg.device), _timer(self.reference, x, cfg.device))
+                runs = (
+                    _timer(model, x, cfg.device, cfg.pause_ms),
+                    _timer(self.reference, x, cfg.device, cfg.pause_ms),
+                )
                 for _ in range(cfg.warmup):
                     runs[0]()
                 runs[1]()
@@ -261,9 +270,11 @@ def profile_layers(
 ) -> tuple[dict[str, float], float]:
     """Per-layer latency table, for :func:`envs.units.estimate_cost` with ``per_layer``.
 
-    Each named layer is timed between a forward pre-hook and a forward hook (median over
-    ``repeats``). The overhead is the whole model's median (timed without hooks) minus the sum
-    of the layer medians, clipped at 0: the time of everything the pruning does not shrink.
+    Each named layer is timed between a forward pre-hook and a forward hook, and so is the whole
+    model in the same run. Per layer: the median over ``repeats`` runs of its time in a run. The
+    overhead, the time of everything the pruning does not shrink, is the median over runs of the
+    run's total minus its layers' times (clipped at 0): both come from the same run, so a run that
+    the machine slowed down does not leak into the overhead.
 
     Returns:
         (ms per layer name, overhead ms).
@@ -275,39 +286,43 @@ def profile_layers(
     missing = [n for n in layer_names if n not in modules]
     if missing:
         raise RlpruneError(f"cannot profile {missing[:3]}: not layers of {type(model).__name__}")
-    total = measure_latency(model, input_shape, config).median_ms
     cuda = torch.device(config.device).type == "cuda"
-    samples: dict[str, list[float]] = {n: [] for n in layer_names}
-    starts: dict[str, float] = {}
+    runs: list[dict[str, float]] = []  # per run: ms per layer name, and the total under None
+    starts: dict[str | None, float] = {}
 
-    def before(name: str) -> Callable:
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(config.device)
+        return time.perf_counter()
+
+    def before(name: str | None) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            if cuda:
-                torch.cuda.synchronize(config.device)
-            starts[name] = time.perf_counter()
+            if name is None:
+                runs.append(dict.fromkeys(layer_names, 0.0))
+            starts[name] = now()
 
         return hook
 
-    def after(name: str) -> Callable:
+    def after(name: str | None) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if cuda:
-                torch.cuda.synchronize(config.device)
-            samples[name].append((time.perf_counter() - starts[name]) * 1e3)
+            runs[-1][name] = runs[-1].get(name, 0.0) + (now() - starts[name]) * 1e3
 
         return hook
 
-    handles = []
+    handles = [model.register_forward_pre_hook(before(None))]
     for name in layer_names:
         handles.append(modules[name].register_forward_pre_hook(before(name)))
         handles.append(modules[name].register_forward_hook(after(name)))
+    handles.append(model.register_forward_hook(after(None)))  # last: after the layers' hooks
     try:
         measure_latency(model, input_shape, config)
     finally:
         for handle in handles:
             handle.remove()
-    skip = config.warmup  # hooked warm-up runs are recorded too; drop them
-    per_layer = {n: statistics.median(t[skip:] or t) if t else 0.0 for n, t in samples.items()}
-    return per_layer, max(0.0, total - sum(per_layer.values()))
+    timed = runs[config.warmup :] or runs  # the warm-up runs are recorded too; drop them
+    per_layer = {n: statistics.median(run[n] for run in timed) for n in layer_names}
+    rest = statistics.median(run[None] - sum(run[n] for n in layer_names) for run in timed)
+    return per_layer, max(0.0, rest)
 
 
 @contextmanager
@@ -328,8 +343,13 @@ def _batch(input_shape: Sequence[int], config: LatencyConfig) -> torch.Tensor:
     return x.to(config.device)
 
 
-def _timer(model: nn.Module, x: torch.Tensor, device: str) -> Callable[[], float]:
-    """A function that runs one forward pass of ``model`` on ``x`` and returns its time in ms."""
+def _timer(
+    model: nn.Module, x: torch.Tensor, device: str, pause_ms: float = 0.0
+) -> Callable[[], float]:
+    """A function that runs one forward pass of ``model`` on ``x`` and returns its time in ms.
+
+    It sleeps ``pause_ms`` first, untimed (see :attr:`LatencyConfig.pause_ms`).
+    """
     where = next(iter(model.parameters()), x).device
     if where.type != x.device.type:
         raise RlpruneError(
@@ -340,6 +360,8 @@ def _timer(model: nn.Module, x: torch.Tensor, device: str) -> Callable[[], float
         torch.cuda.synchronize(device)
 
     def run() -> float:
+        if pause_ms > 0:
+            time.sleep(pause_ms / 1e3)
         with torch.inference_mode():
             start = time.perf_counter()
             model(x)

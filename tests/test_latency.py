@@ -1,4 +1,5 @@
-"""Latency measurement on real (tiny) models: statistics, interleaving, caching, per-layer table."""
+"""Latency measurement against modules of known duration: statistics, best pass, stopping rule,
+per-layer table; caching on real pruned models."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import math
 
 import pytest
 import torch
+from fakes import Wait, busy_wait
+from torch import nn
 
+from envs import latency
 from envs.latency import (
     LatencyConfig,
     LatencyMeter,
     LatencyStats,
     compare_latency,
     measure_latency,
+    paired_ratio,
     profile_layers,
     shape_signature,
 )
@@ -24,20 +29,17 @@ SHAPE = (1, 16, 16)
 FAST = LatencyConfig(warmup=1, repeats=5, threads=1)
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    model = SMALL_ARCHITECTURES["vgg_small"](1, 10).eval()
-    pruner = Pruner(model, torch.zeros(1, *SHAPE))
-    half = {u.name: 0.5 for u in pruner.units}
-    return model, pruner.apply(half), pruner.apply(half)
+class Steps(nn.Module):
+    """Identity whose forward passes take ``durations_ms`` in turn, cycling: a known schedule."""
 
+    def __init__(self, *durations_ms: float) -> None:
+        super().__init__()
+        self.durations_ms, self.calls = durations_ms, 0
 
-def _valid(stats: LatencyStats, n: int) -> None:
-    assert stats.n == n
-    assert math.isfinite(stats.median_ms) and stats.median_ms > 0
-    assert 0 < stats.min_ms <= stats.p25_ms <= stats.median_ms <= stats.p75_ms
-    assert stats.spread >= 0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        busy_wait(self.durations_ms[self.calls % len(self.durations_ms)])
+        self.calls += 1
+        return x
 
 
 def test_stats_from_known_times():
@@ -47,32 +49,98 @@ def test_stats_from_known_times():
     assert LatencyStats.from_times([2.0]).spread == 0
 
 
-def test_measure_latency_restores_mode_and_threads(models):
-    model = models[0].train()
+def test_paired_ratio_by_hand():
+    assert paired_ratio([1.0, 2.0, 4.0], [2.0, 4.0, 8.0]) == (pytest.approx(0.5), 0.0)
+    # log-ratios 0, 0, -ln2, -ln2: median -ln2/2, MAD ln2/2, se 1.2533 * 1.4826 * MAD / sqrt(4).
+    ratio, half_width = paired_ratio([1.0] * 4, [1.0, 1.0, 2.0, 2.0])
+    se = 1.2533 * 1.4826 * math.log(2) / 2 / 2
+    assert ratio == pytest.approx(2**-0.5)
+    assert half_width == pytest.approx(math.expm1(1.96 * se))
+    assert paired_ratio([3.0], [1.0]) == (pytest.approx(3.0), math.inf)
+
+
+def _best(measure, tries: int = 3):
+    """Elementwise minimum over a few tries: on a shared machine a run is only ever slowed down."""
+    results = [measure() for _ in range(tries)]
+    return {key: min(r[key] for r in results) for key in results[0]}
+
+
+def test_measure_latency_times_a_known_duration_and_restores_mode_and_threads():
+    model = nn.Sequential(Wait(1.0)).train()
     threads = torch.get_num_threads()
     stats = measure_latency(model, SHAPE, LatencyConfig(warmup=1, repeats=7, threads=1))
-    _valid(stats, 7)
+    assert stats.n == 7
+    assert 1.0 <= stats.min_ms < 1.1  # a busy wait is never shorter; the fastest run is close
     assert model.training and torch.get_num_threads() == threads
-    model.eval()
-    batched = measure_latency(model, SHAPE, LatencyConfig(batch_size=4, warmup=0, repeats=3))
-    _valid(batched, 3)
+    best = _best(lambda: {"median": measure_latency(model, SHAPE, FAST).median_ms})
+    assert 1.0 <= best["median"] < 1.2
 
 
-def test_compare_latency_returns_every_model(models):
-    full, half, _ = models
-    stats = compare_latency({"full": full, "half": half}, SHAPE, FAST, passes=2)
-    assert list(stats) == ["full", "half"]
-    for value in stats.values():
-        _valid(value, FAST.repeats)
+def test_compare_latency_keeps_each_models_best_pass():
+    # Pass 1 of `slowed` (1 warm-up + 5 repeats) runs at 3 ms, as if the machine were busy.
+    slowed = Steps(*[3.0] * 6, *[1.0] * 6)
+    stats = compare_latency({"steady": Wait(0.5), "slowed": slowed}, SHAPE, FAST, passes=2)
+    assert list(stats) == ["steady", "slowed"] and slowed.calls == 12
+    assert 0.5 <= stats["steady"].min_ms < 0.6
+    assert 1.0 <= stats["slowed"].min_ms < 1.1  # the slow pass was dropped
+    assert stats["slowed"].median_ms < 2.0  # even if this pass was slowed too
+
+
+def test_meter_ratio_of_known_durations():
+    def ratio() -> float:
+        meter = LatencyMeter(Wait(1.0), SHAPE, LatencyConfig(warmup=1, repeats=20))
+        return meter.ratio(Wait(0.5))[0]
+
+    # Median of three meters: short waits, as the scheduler cuts long ones on a busy machine.
+    assert sorted(ratio() for _ in range(3))[1] == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.fixture
+def exact_clock(monkeypatch):
+    """Each forward pass "takes" the module's scheduled duration, without running it."""
+
+    def timer(model, x, device, pause_ms=0.0):
+        def run() -> float:
+            durations = model.durations_ms
+            model.calls += 1
+            return durations[(model.calls - 1) % len(durations)]
+
+        return run
+
+    monkeypatch.setattr(latency, "_timer", timer)
+
+
+def test_meter_stops_once_the_ratio_is_known(exact_clock):
+    cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
+    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).ratio(Steps(2.0))
+    assert ratio == pytest.approx(0.5) and stats.n == 5  # steady: known after the fewest pairs
+    # Pair ratios 0.25, 0.5, 0.75 in turn: spread far beyond +-2%, so all 20 pairs are timed.
+    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).ratio(Steps(1.0, 2.0, 3.0))
+    assert stats.n == 20 and ratio == pytest.approx(0.5)
+    # Unless a decision hangs on it: clearly under a threshold of 2, five pairs suffice...
+    meter = LatencyMeter(Steps(4.0), SHAPE, cfg, threshold=2.0)
+    assert meter.ratio(Steps(1.0, 2.0, 3.0))[1].n == 5
+    # ...but not when the threshold is within the spread.
+    meter = LatencyMeter(Steps(4.0), SHAPE, cfg, threshold=0.5)
+    assert meter.ratio(Steps(1.0, 2.0, 3.0))[1].n == 20
+    # With the stopping rule off, every repeat is timed whatever the spread.
+    exact = LatencyConfig(warmup=0, repeats=6, rel_tol=None)
+    assert LatencyMeter(Steps(4.0), SHAPE, exact).ratio(Steps(2.0))[1].n == 6
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    model = SMALL_ARCHITECTURES["vgg_small"](1, 10).eval()
+    pruner = Pruner(model, torch.zeros(1, *SHAPE))
+    half = {u.name: 0.5 for u in pruner.units}
+    return model, pruner.apply(half), pruner.apply(half)
 
 
 def test_meter_caches_by_architecture(models):
     full, half, half_again = models
     meter = LatencyMeter(full, SHAPE, FAST)
-    _valid(meter.reference_stats, FAST.repeats)
     ratio, stats = meter.ratio(half)
-    assert math.isfinite(ratio) and ratio > 0
-    _valid(stats, FAST.repeats)
     assert (meter.hits, meter.misses) == (0, 1)
     assert half_again is not half and meter.ratio(half_again) == (ratio, stats)
     assert (meter.hits, meter.misses) == (1, 1)
@@ -87,12 +155,17 @@ def test_shape_signature_tells_architectures_apart(models):
     assert hash(shape_signature(full))
 
 
-def test_profile_layers_covers_every_name(models):
-    full = models[0]
-    names = [n for n, m in full.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-    per_layer, overhead = profile_layers(full, SHAPE, names, FAST)
-    assert set(per_layer) == set(names)
-    assert all(math.isfinite(v) and v >= 0 for v in per_layer.values())
-    assert overhead >= 0
+def test_profile_layers_times_each_layer_of_known_duration():
+    model = nn.Sequential(Wait(0.4), Wait(0.8), Wait(1.2))
+
+    def profile():
+        per_layer, overhead = profile_layers(model, SHAPE, ["0", "1"], FAST)
+        assert set(per_layer) == {"0", "1"}
+        return {**per_layer, "overhead": overhead}
+
+    best = _best(profile, tries=5)
+    assert 0.4 <= best["0"] < 0.5
+    assert 0.8 <= best["1"] < 0.95
+    assert 1.0 < best["overhead"] < 1.5  # the unprofiled 1.2 ms layer
     with pytest.raises(RlpruneError, match="not layers"):
-        profile_layers(full, SHAPE, ["nope"], FAST)
+        profile_layers(model, SHAPE, ["nope"], FAST)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from envs.budget import check_reachable, clamp_ratio, min_pruning_ratio
+from envs.budget import check_reachable, min_pruning_ratio
 from envs.rewards import REWARDS, get_reward
 from models.errors import BudgetError, RlpruneError
 
@@ -61,19 +61,31 @@ def _chain_cost(weights):
 def test_action_wall_keeps_target_reachable_for_random_actions(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 12))
-    weights = rng.uniform(0.1, 3.0, n).tolist()
-    cost = _chain_cost(weights)
+    cost = _chain_cost(rng.uniform(0.1, 3.0, n).tolist())
     max_ratio = float(rng.uniform(0.5, 0.9))
-    floor = cost([1 - max_ratio] * n)
-    target = float(rng.uniform(floor, 1.0))
+    target = float(rng.uniform(cost([1 - max_ratio] * n), 1.0))
     keep: list[float] = []
     for _ in range(n):
-        ratio = clamp_ratio(float(rng.uniform(0, max_ratio)), cost, keep, n, target, max_ratio)
-        assert 0.0 <= ratio <= max_ratio
-        keep.append(1.0 - ratio)
-        rest = [1 - max_ratio] * (n - len(keep))
+        floor = min_pruning_ratio(cost, keep, n, target, max_ratio)
+        assert 0.0 <= floor <= max_ratio
+        rest = [1 - max_ratio] * (n - len(keep) - 1)
+        if floor > 0.0:  # the least ratio: 1% less would make the target unreachable
+            assert cost([*keep, 1.0 - floor + 0.01, *rest]) > target
+        keep.append(1.0 - max(float(rng.uniform(0, max_ratio)), floor))  # as the env clamps
         assert cost(keep + rest) <= target + 1e-3  # still reachable
     assert cost(keep) <= target + 1e-3
+
+
+def test_min_ratio_on_a_hand_computed_cost():
+    def mean_keep(keep):
+        return sum(keep) / len(keep)
+
+    # Unit 0 of 2, unit 1 at most pruned 0.8 (keeps 0.2): (k + 0.2) / 2 <= 0.5 needs k <= 0.8.
+    assert min_pruning_ratio(mean_keep, [], 2, 0.5, 0.8) == pytest.approx(0.2, abs=1e-3)
+    # Unit 1 after unit 0 kept 0.9: (0.9 + k) / 2 <= 0.5 needs k <= 0.1, ratio >= 0.9 > max.
+    assert min_pruning_ratio(mean_keep, [0.9], 2, 0.5, 0.8) == 0.8
+    # Unit 2 of 3 after 0.3 and 0.6: (0.9 + k) / 3 <= 0.5 needs k <= 0.6.
+    assert min_pruning_ratio(mean_keep, [0.3, 0.6], 3, 0.5, 0.8) == pytest.approx(0.4, abs=1e-3)
 
 
 def test_min_ratio_is_zero_when_budget_is_loose_and_max_when_impossible():
