@@ -22,7 +22,7 @@ from torch import nn
 
 from envs.pruning import Pruner, count_cost, save_pruned
 from envs.units import estimate_cost
-from models.errors import InputTooSmallError, NoPrunableLayersError, RlpruneError
+from models.errors import InputTooSmallError, NoPrunableLayersError, PruningError, RlpruneError
 from models.zoo import build_model, torchvision_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,16 @@ SWEEP_SHAPE = (3, 32, 32)  # CIFAR-sized; the zoo upsamples for the families tha
 MACS_TARGET = 0.5  # pruned conv/linear MACs / original, the default search target
 MAX_RATIO = 0.9  # largest ratio the random strategies give a unit
 
-# Models that cannot be pruned, with why and the start of the one-line error they get.
-EXCLUDED: dict[str, tuple[type[RlpruneError], str, str]] = {}
+# Models that cannot be pruned, with the start of the one-line error they get and why.
+EXCLUDED: dict[str, tuple[type[RlpruneError], str, str]] = {
+    "maxvit_t": (
+        PruningError,
+        "cannot prune unit 'net.blocks.0.layers.0.layers.MBconv.proj.1' (layers",
+        "the residual stream runs through attention that reshapes its output to the width of its "
+        "input (torchvision's RelativePositionalMultiHeadAttention: reshape(B, G, P, D)), so it "
+        "cannot get narrower; the first unit on it fails the forward check",
+    ),
+}
 
 # One per family whose coupling is special: metadata versions (MNASNet), grouped convs (RegNet),
 # channel shuffle (ShuffleNet), a net that needs the zoo's upsampling on digits (GoogLeNet, 8x8).
@@ -162,6 +170,7 @@ def test_too_small_input_names_the_minimum_size():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXCLUDED))
 def test_excluded_models_get_their_one_line_error(name):
     error, message, _ = EXCLUDED[name]
