@@ -3,8 +3,10 @@
 The best of hundreds of noisy evaluations on one reward split is optimistic (the winner's curse),
 and the search's cheap signal ranks good strategies poorly (Distiller's AMC notebooks: r = 0.33
 among the good candidates). So the search keeps every distinct architecture it evaluated (the
-env's result cache), and :func:`select_strategy` re-scores the ``top_k`` by reward with a stronger
-evaluation: BN recalibration, a short annealed fine-tune, then accuracy on the whole reward split.
+env's result cache), and :func:`select_strategy` re-scores the ``top_k`` by reward with a
+stronger evaluation: the env's repair (:meth:`~envs.pruning_env.ChannelPruningEnv.restore`:
+reconstruction if configured, BN recalibration), a short annealed fine-tune, then accuracy on the
+whole reward split.
 Every search method (agent, random, TPE) gets the same protocol, so comparisons isolate the
 policy.
 """
@@ -16,7 +18,6 @@ from typing import Any
 
 from torch.utils.data import TensorDataset
 
-from envs.pruning import recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv
 from models.data import stratified_subset_indices
 from models.training import evaluate, fine_tune
@@ -82,8 +83,7 @@ def select_strategy(
         if config.top_k == 1:
             score = result["accuracy"]
         else:
-            pruned = env.pruner.prune_to(result["kept_channels"])
-            recalibrate_bn(pruned, train_set, num_batches=env.config.bn_batches, device=env.device)
+            pruned = env.restore(env.pruner.prune_to(result["kept_channels"]))
             if config.fine_tune_steps:
                 fine_tune(
                     pruned,

@@ -18,6 +18,7 @@ from envs.budget import check_reachable, min_pruning_ratio
 from envs.features import NUM_FEATURES, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
 from envs.pruning import Pruner, count_cost, recalibrate_bn
+from envs.reconstruction import Reconstructor
 from envs.rewards import TARGET_TOLERANCE, get_reward
 from envs.units import estimate_cost
 from models.errors import PruningError, RlpruneError
@@ -57,6 +58,10 @@ class PruningEnvConfig:
             latency of a uniform strategy at the target and of recent episodes (see
             :meth:`ChannelPruningEnv.latency_estimate`; a low quantile over a window is robust
             to a noisy measurement and errs on the side of the target).
+        reconstruct: before BN recalibration, refit every layer whose input channels were
+            pruned by AMC's least squares on feature maps of the original network
+            (:class:`envs.reconstruction.Reconstructor`; one sampling pass at construction,
+            then ~0.1 s per strategy).
     """
 
     target: float = 0.5
@@ -71,6 +76,7 @@ class PruningEnvConfig:
     eval_batch_size: int = 100
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
+    reconstruct: bool = False
 
     def __post_init__(self) -> None:
         if self.cost not in ("latency", "macs"):
@@ -184,6 +190,11 @@ class ChannelPruningEnv(gym.Env):
             self.example_input,
             importance=self.config.importance,
             round_to=self.config.round_to,
+        )
+        self.reconstructor = (
+            Reconstructor(self.model, train_set, device=self.device)
+            if self.config.reconstruct
+            else None
         )
         self.units = self.pruner.units
         if not self.units:
@@ -381,13 +392,7 @@ class ChannelPruningEnv(gym.Env):
         times["time_prune_s"] = t1 - t0
         accuracy = None
         if with_accuracy:
-            recalibrate_bn(
-                pruned,
-                self.train_set,
-                num_batches=self.config.bn_batches,
-                batch_size=self.config.bn_batch_size,
-                device=self.device,
-            )
+            self.restore(pruned)
             t2 = time.perf_counter()
             accuracy = evaluate(pruned, self.reward_set, self.device, self.config.eval_batch_size)
             t3 = time.perf_counter()
@@ -429,8 +434,14 @@ class ChannelPruningEnv(gym.Env):
         return result["latency_ratio" if self.config.cost == "latency" else "macs_ratio"]
 
     def prune(self, strategy: Mapping[str, float]) -> nn.Module:
-        """A pruned, BN-recalibrated copy of the model (the source model is untouched)."""
-        pruned = self.pruner.apply(strategy)
+        """A pruned, restored (:meth:`restore`) copy of the model; the source is untouched."""
+        return self.restore(self.pruner.apply(strategy))
+
+    def restore(self, pruned: nn.Module) -> nn.Module:
+        """Repairs a pruned copy in place as every evaluation does: the reconstruction of
+        input-pruned layers (if configured), then BN recalibration. Returns it in eval mode."""
+        if self.reconstructor is not None:
+            self.reconstructor.apply(pruned)
         return recalibrate_bn(
             pruned,
             self.train_set,

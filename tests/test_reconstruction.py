@@ -56,3 +56,34 @@ def test_reconstruction_recovers_a_linearly_redundant_channel() -> None:
     assert after < 1e-3 * before  # the kept channels reproduce it exactly (up to rounding)
     # The original model is untouched.
     assert torch.equal(model[0].weight[0], 0.2 * (model[0].weight[1] - model[0].weight[2]))
+
+
+def test_env_repairs_with_reconstruction_when_configured(digits_splits) -> None:
+    from fakes import MacsLatency
+
+    from envs.pruning import recalibrate_bn
+    from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
+    from models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg_small", digits_splits.input_shape, 10).eval()
+    envs = {
+        flag: ChannelPruningEnv(
+            model,
+            digits_splits.train,
+            digits_splits.reward_val,
+            PruningEnvConfig(cost="macs", bn_batches=2, reconstruct=flag),
+            latency=MacsLatency(model, digits_splits.input_shape),
+        )
+        for flag in (False, True)
+    }
+    strategy = {u.name: 0.5 for u in envs[True].units}
+    plain, rebuilt = envs[False].prune(strategy), envs[True].prune(strategy)
+    # By hand: the same pruned copy, refitted by a Reconstructor, then BN-recalibrated.
+    expected = envs[False].pruner.apply(strategy)
+    Reconstructor(model, digits_splits.train).apply(expected)
+    recalibrate_bn(expected, digits_splits.train, num_batches=2)
+    second_conv = "features.3.weight"
+    assert not torch.equal(plain.state_dict()[second_conv], rebuilt.state_dict()[second_conv])
+    for key, value in expected.state_dict().items():
+        assert torch.equal(value, rebuilt.state_dict()[key]), key
