@@ -135,6 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=SelectionConfig().fine_tune_steps,
         help="fine-tune steps of the final re-scoring of each search's top-k",
     )
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="every evaluation refits input-pruned layers (AMC's least squares) before BN recal.",
+    )
     p.add_argument("--fine-tune-epochs", type=int, default=5, help="same for every method")
     p.add_argument(
         "--fine-tune-seeds",
@@ -238,10 +243,15 @@ def read_episode_seconds(path: Path) -> list[float]:
 
 
 def make_env(
-    model: nn.Module, splits: DataSplits, target: float, cost: str, latency: LatencyConfig
+    model: nn.Module,
+    splits: DataSplits,
+    target: float,
+    cost: str,
+    latency: LatencyConfig,
+    reconstruct: bool = False,
 ) -> ChannelPruningEnv:
     """A fresh pruning env (own latency cache and calibration) for one method and seed."""
-    cfg = PruningEnvConfig(target=target, cost=cost, latency=latency)
+    cfg = PruningEnvConfig(target=target, cost=cost, latency=latency, reconstruct=reconstruct)
     return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg)
 
 
@@ -259,7 +269,7 @@ def search_strategy(
         batch_size=args.latency_batch_size, repeats=args.latency_repeats, threads=args.threads
     )
     cost = "macs" if method == "agent_macs" else "latency"
-    env = make_env(model, splits, target, cost, latency)
+    env = make_env(model, splits, target, cost, latency, args.reconstruct)
     start = time.perf_counter()
     if method == "uniform":
         result = uniform_for_target(env)
