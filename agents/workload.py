@@ -81,6 +81,7 @@ def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
         importance=settings["importance"],
         round_to=settings.get("round_to"),
         bn_batches=settings["bn_batches"],
+        reconstruct=settings.get("reconstruct", False),
         latency=LatencyConfig(
             batch_size=settings["latency_batch_size"],
             repeats=settings["latency_repeats"],

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from models.atomic import torch_save_atomic, write_json_atomic
 from models.data import DataSplits
 from models.errors import CheckpointError
 
@@ -112,9 +112,7 @@ def ship(
     root.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in splits.name.split("/")[-1])
     file = f"{model_name}-{slug}.pt"
-    tmp = root / f".{file}.{os.getpid()}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, root / file)
+    torch_save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, root / file)
     history = info.get("history") or []
     entry = {
         "model": model_name,
@@ -129,7 +127,5 @@ def ship(
         "command": command,
     }
     entries = [e for e in read_index(root) if e["file"] != file] + [entry]
-    tmp_index = root / f".{INDEX}.{os.getpid()}.tmp"
-    tmp_index.write_text(json.dumps({"models": entries}, indent=2) + "\n")
-    os.replace(tmp_index, root / INDEX)
+    write_json_atomic(root / INDEX, {"models": entries})
     return entry

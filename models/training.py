@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 import warnings
@@ -26,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+from models.atomic import torch_save_atomic
 from models.data import DataSplits, default_cache_dir
 from models.errors import RlpruneError
 from models.pretrained import PRETRAINED_DIR, find_pretrained, load_pretrained
@@ -377,7 +377,7 @@ def get_base_model(
         "history": history,
     }
     try:
-        _save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
+        torch_save_atomic({"state_dict": model.state_dict(), "key": key, **info}, path)
     except OSError as err:
         warnings.warn(f"cannot cache the base model at {path}: {err}", stacklevel=2)
     return model.eval(), {**info, "path": str(path), "cached": False, "source": "trained"}
@@ -429,11 +429,3 @@ def _cache_key(model_name: str, splits: DataSplits, config: TrainConfig) -> dict
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60]
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    """Writes ``obj`` to a temporary file, then renames it: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

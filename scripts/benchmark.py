@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -61,6 +60,7 @@ from envs.baselines import (  # noqa: E402
 from envs.latency import LatencyConfig, compare_latency  # noqa: E402
 from envs.pruning import Pruner, count_cost  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
+from models.atomic import write_text_atomic  # noqa: E402
 from models.data import DataSplits, load_dataset, stratified_subset_indices  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
 from models.training import TrainConfig, evaluate, fine_tune, get_base_model  # noqa: E402
@@ -408,7 +408,7 @@ def run_task_target(
                 "history": found["history"] if not deterministic else [],
                 "units": found["env"].num_units,
             }
-            _write_atomic(cell, json.dumps(row, default=float))
+            write_text_atomic(cell, json.dumps(row, default=float))
             rows.append({**row, "key": key})
             ft = accs.get("test_acc_ft", float("nan"))
             print(
@@ -421,14 +421,6 @@ def run_task_target(
     for row in rows:
         row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[row.pop("key")]
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_task(
@@ -695,8 +687,8 @@ def _write(
     ]
     if scaling:
         text += ["\n## Search cost vs units and reward-split size (random actions)\n", scaling]
-    _write_atomic(out / "results.md", "\n".join(text) + "\n")
-    _write_atomic(
+    write_text_atomic(out / "results.md", "\n".join(text) + "\n")
+    write_text_atomic(
         out / "results.json",
         json.dumps({"command": command, "bases": bases, "rows": rows}, indent=1, default=float),
     )

@@ -77,6 +77,11 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         default=PruningEnvConfig.bn_batches,
         help="batches for BN recalibration",
     )
+    g.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="refit input-pruned layers by AMC's least squares before BN recalibration",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of agent, base model and fine-tune")
     g = p.add_argument_group("latency")
     g.add_argument(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from envs.baselines import estimated_cost, project_to_target, uniform_for_target
 from envs.pruning import recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from envs.reconstruction import Reconstructor
+from models.atomic import write_json_atomic
 from models.data import load_dataset, stratified_subset_indices
 from models.errors import RlpruneError
 from models.training import TrainConfig, evaluate, fine_tune, get_base_model
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         rows[name] = score(
             args, env, strategy, splits, reward_small, short_set, ft_set, reconstructor
         )
-        _write_json(out, {"settings": vars(args), "rows": rows})
+        write_json_atomic(out, {"settings": vars(args), "rows": rows})
         row = rows[name]
         print(f"{name}: " + " ".join(f"{s} {row[s]:.4f}" for s in (*SIGNALS, "truth")), flush=True)
 
@@ -232,12 +232,6 @@ def report(
     lines.append("")
     lines.append(f"uniform ranks {uniform_rank} of {len(names)} by truth")
     return "\n".join(lines)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

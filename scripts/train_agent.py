@@ -31,8 +31,10 @@ from agents.finalize import (
     write_report,
 )
 from agents.search import read_search_state, resume, run_search
+from agents.selection import SelectionConfig, select_strategy
 from agents.transfer import MultiModelEnv
 from agents.workload import build_workload, load_splits
+from models.atomic import write_json_atomic
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
 from models.training import resolve_device
@@ -56,6 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="search episodes, warm-up included; with --resume the new total",
     )
     g.add_argument("--warmup", type=int, default=100, help="episodes of random actions first")
+    g.add_argument(
+        "--select-top-k",
+        type=int,
+        default=SelectionConfig.top_k,
+        help="final choice: re-score this many of the search's best architectures (1: off)",
+    )
+    g.add_argument(
+        "--select-steps",
+        type=int,
+        default=SelectionConfig.fine_tune_steps,
+        help="fine-tune steps of that re-scoring (batch 64, annealed)",
+    )
     g.add_argument(
         "--resume",
         default=None,
@@ -141,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     env = works[0].env if len(works) == 1 else MultiModelEnv([w.env for w in works])
     max_units = max(w.env.num_units for w in works)
 
-    agent_cfg = AgentConfig(warmup_episodes=settings["warmup"], seed=settings["seed"])
+    agent_cfg = AgentConfig(
+        warmup_episodes=settings["warmup"], seed=settings["seed"], episodes=settings["episodes"]
+    )
     state = read_search_state(run_dir) if args.resume else None
     if state is not None:
         agent, state = resume(run_dir, env)
@@ -182,13 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     for w in works:
+        suffix = "" if len(works) == 1 else f"_{w.model_name}"
         best = result.bests.get(w.model_name)
         if best is None:
             raise RlpruneError(f"the search in {run_dir} finished no episode; raise --episodes")
         t0 = time.perf_counter()
+        final = select_final(w.env, best, splits, settings, run_dir, suffix)
+        timings[f"final selection ({w.model_name})"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         rows = compare_with_uniform(
             w.env,
-            best["strategy"],
+            final["strategy"],
             splits,
             fine_tune_epochs=settings["fine_tune_epochs"],
             seed=settings["seed"],
@@ -196,13 +216,45 @@ def main(argv: list[str] | None = None) -> int:
         )
         timings[f"fine-tune + evaluation ({w.model_name})"] = time.perf_counter() - t0
         recipe = make_recipe(w.model_name, splits, w.model, settings)
-        suffix = "" if len(works) == 1 else f"_{w.model_name}"
-        path = save_deliverables(run_dir, rows, best["strategy"], recipe, suffix=suffix)
+        path = save_deliverables(run_dir, rows, final["strategy"], recipe, suffix=suffix)
         title = f"rlprune search: {w.model_name} on {splits.name}"
-        report = write_report(run_dir, title, settings, rows, best, timings, suffix=suffix)
+        report = write_report(run_dir, title, settings, rows, final, timings, suffix=suffix)
         print(f"\n{title}\n{summary_table(rows)}\n  pruned model: {path}\n  report: {report}")
     print(f"\nrun directory: {run_dir}\nTensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix: str) -> dict:
+    """The strategy to deliver: the search's top-k re-scored (:func:`select_strategy`).
+
+    Writes ``selection<suffix>.json`` (every candidate's search reward and re-score) and returns
+    the search's best record with the chosen strategy, accuracy and cost in place.
+    """
+    env.evaluate_strategy(best["strategy"])  # in the env's cache, also after a --resume
+    config = SelectionConfig(
+        top_k=settings.get("select_top_k", 1),  # runs saved before selection existed: off
+        fine_tune_steps=settings.get("select_steps", SelectionConfig.fine_tune_steps),
+        seed=settings["seed"],
+    )
+    chosen = select_strategy(env, splits.train, config)
+    write_json_atomic(
+        run_dir / f"selection{suffix}.json",
+        {
+            "config": vars(config),
+            "chosen_search_rank": chosen["search_rank"],
+            "candidates": chosen["candidates"],
+        },
+    )
+    print(
+        f"final choice: the search's number {chosen['search_rank'] + 1} of "
+        f"{len(chosen['candidates'])} re-scored (reward-split accuracy after "
+        f"{config.fine_tune_steps} fine-tune steps: {chosen['selection_score']:.4f})"
+    )
+    keys = ("strategy", "accuracy", "latency_ratio", "macs_ratio", "reward", "kept_channels")
+    final = {**best, **{k: chosen[k] for k in keys}}
+    if chosen["search_rank"] != 0:
+        final["episode"] = "-"  # another architecture than the best episode's
+    return final
 
 
 if __name__ == "__main__":
