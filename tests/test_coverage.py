@@ -39,6 +39,22 @@ EXCLUDED: dict[str, tuple[type[RlpruneError], str, str]] = {
         "input (torchvision's RelativePositionalMultiHeadAttention: reshape(B, G, P, D)), so it "
         "cannot get narrower; the first unit on it fails the forward check",
     ),
+    "swin_t": (
+        PruningError,
+        "cannot prune unit 'features.0.0' (layers features.0.0, features.1.0.mlp.3",
+        "the residual stream (patch embedding and every block's output) passes through "
+        "shifted-window attention whose projection Torch-Pruning leaves out of the unit, so the "
+        "pruned copy fails the forward check",
+    ),
+    **{
+        name: (
+            PruningError,
+            "cannot trace SwinTransformer for pruning (TypeError: unsupported operand",
+            "Torch-Pruning's channel inference through the patch-merging concatenations gives up "
+            "in these deeper nets (it warns 'Maximum recursive depth reached') and tracing crashes",
+        )
+        for name in ("swin_b", "swin_s")
+    },
 }
 
 # One per family whose coupling is special: metadata versions (MNASNet), grouped convs (RegNet),
