@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from envs.pruning import load_pruned
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--fine-tune-epochs", "1",
@@ -65,6 +67,19 @@ def test_train_agent_end_to_end(trained_run):
     assert best["macs_ratio"] <= 0.5 * 1.05
     report = (run_dir / "report.md").read_text()
     assert "| original |" in report and "Best strategy" in report
+    # The delivered model is the final selection's choice among the search's distinct best.
+    selection = json.loads((run_dir / "selection.json").read_text())
+    candidates = selection["candidates"]
+    assert 1 <= len(candidates) <= 4  # at most one architecture per episode
+    scores = [c["selection_score"] for c in candidates]
+    chosen = candidates[selection["chosen_search_rank"]]
+    assert chosen["selection_score"] == max(scores)
+    assert [c["reward"] for c in candidates] == sorted(
+        (c["reward"] for c in candidates), reverse=True
+    )
+    delivered = load_pruned(run_dir / "pruned_model.pt")[0]
+    for unit, kept in chosen["kept_channels"].items():  # vgg_small's units are its convs
+        assert delivered.get_submodule(unit).out_channels == kept
 
 
 def run_agent_on_resnet20(script, model_flag, trained_run, out):
