@@ -1,10 +1,12 @@
 """Base-model weights shipped with rlprune, so nobody waits hours to train a CIFAR-10 network.
 
 ``models/pretrained/index.json`` lists each shipped checkpoint: the model name, the fingerprint of
-the exact data split it was trained and tested on (:func:`data_fingerprint`), its test accuracy,
-the command that produced it and the file's SHA-256. :func:`models.training.get_base_model` uses
-a shipped checkpoint when the model name and the data fingerprint match (the split must be the
-same, or the shipped model's training images could leak into the reward or test split).
+the exact data split it was trained and tested on (:func:`data_fingerprint`), its training
+settings, its test accuracy, the command that produced it and the file's SHA-256.
+:func:`models.training.get_base_model` uses a shipped checkpoint when the model name and the data
+fingerprint match (the split must be the same, or the shipped model's training images could leak
+into the reward or test split) and the requested training settings are either the defaults
+(nothing asked for) or exactly the shipped model's.
 """
 
 from __future__ import annotations
@@ -56,15 +58,29 @@ def read_index(root: Path = PRETRAINED_DIR) -> list[dict[str, Any]]:
 
 
 def find_pretrained(
-    model_name: str, splits: DataSplits, root: Path = PRETRAINED_DIR
+    model_name: str,
+    splits: DataSplits,
+    root: Path = PRETRAINED_DIR,
+    train_config: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The index entry of shipped weights for ``model_name`` on exactly ``splits``, or None."""
-    entries = read_index(root)
-    if not any(e["model"] == model_name for e in entries):
+    """The index entry of shipped weights for ``model_name`` on exactly ``splits``, or None.
+
+    Args:
+        train_config: The training settings asked for (``TrainConfig`` as a dict, without
+            ``progress``); None or the defaults accept any shipped model, other settings only
+            a model trained with exactly them.
+    """
+    from models.training import TrainConfig, train_settings  # training imports this module
+
+    default = train_settings(TrainConfig())
+    entries = [e for e in read_index(root) if e["model"] == model_name]
+    if train_config is not None and train_config != default:
+        entries = [e for e in entries if e.get("train_config") == train_config]
+    if not entries:
         return None  # no fingerprint needed
     fingerprint = data_fingerprint(splits)
     for entry in entries:
-        if entry["model"] == model_name and entry["data_fingerprint"] == fingerprint:
+        if entry["data_fingerprint"] == fingerprint:
             return entry
     return None
 
@@ -94,6 +110,7 @@ def ship(
     splits: DataSplits,
     info: dict[str, Any],
     command: str,
+    train_config: dict[str, Any],
     root: Path = PRETRAINED_DIR,
 ) -> dict[str, Any]:
     """Writes ``model``'s weights into ``root`` and records them in the index (atomically).
@@ -105,6 +122,7 @@ def ship(
         info: :func:`models.training.get_base_model`'s info (``test_acc``, ``train_time_s``,
             ``history``).
         command: The command line that trained it.
+        train_config: Its training settings (:func:`models.training.train_settings`).
 
     Returns:
         The new index entry.
@@ -124,6 +142,7 @@ def ship(
         "test_acc": info["test_acc"],
         "reward_val_acc": history[-1]["eval_acc"] if history else None,
         "train_time_s": info.get("train_time_s"),
+        "train_config": train_config,
         "command": command,
     }
     entries = [e for e in read_index(root) if e["file"] != file] + [entry]

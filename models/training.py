@@ -320,7 +320,8 @@ def get_base_model(
     dataset (name, shapes, classes, label fingerprint) and every training setting. An unreadable
     checkpoint is retrained with a warning. Without a cached checkpoint, weights shipped with
     rlprune for this model on exactly this data split (:mod:`models.pretrained`) are used
-    instead of training, whatever ``config`` says; their test accuracy is measured again.
+    instead of training when ``config`` is the default or exactly the shipped model's; their
+    test accuracy is measured again.
 
     Args:
         model_name: Any name :func:`models.zoo.build_model` accepts.
@@ -357,7 +358,7 @@ def get_base_model(
             model = _build_seeded(model_name, splits, config.seed)
     entry = None
     if shipped_dir is not None and not retrain:
-        entry = find_pretrained(model_name, splits, shipped_dir)
+        entry = find_pretrained(model_name, splits, shipped_dir, train_settings(config))
     if entry is not None:
         load_pretrained(model, entry, shipped_dir)
         model.to(device).eval()
@@ -414,8 +415,7 @@ def _cache_key(model_name: str, splits: DataSplits, config: TrainConfig) -> dict
     """Everything a trained base model depends on, as JSON-friendly values."""
     labels = [split.tensors[1] for split in (splits.train, splits.reward_val, splits.test)]
     fingerprint = hashlib.sha1(b"".join(y.numpy().tobytes() for y in labels)).hexdigest()
-    settings = dataclasses.asdict(config)
-    del settings["progress"]
+    settings = train_settings(config)
     return {
         "model": model_name,
         "dataset": splits.name,
@@ -425,6 +425,13 @@ def _cache_key(model_name: str, splits: DataSplits, config: TrainConfig) -> dict
         "labels_sha1": fingerprint,
         "config": settings,
     }
+
+
+def train_settings(config: TrainConfig) -> dict:
+    """The settings a trained model depends on: ``config`` as a dict without ``progress``."""
+    settings = dataclasses.asdict(config)
+    del settings["progress"]
+    return settings
 
 
 def _slug(text: str) -> str:

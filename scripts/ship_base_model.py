@@ -18,7 +18,7 @@ from train_base import parse_args
 from models.data import load_dataset
 from models.errors import RlpruneError
 from models.pretrained import ship
-from models.training import TrainConfig, get_base_model, resolve_device
+from models.training import TrainConfig, get_base_model, resolve_device, train_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             shipped_dir=None,  # never re-ship shipped weights
         )
         command = "python scripts/train_base.py " + shlex.join(argv)
-        entry = ship(model.cpu(), args.model, splits, info, command)
+        entry = ship(model.cpu(), args.model, splits, info, command, train_settings(config))
     except RlpruneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

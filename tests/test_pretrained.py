@@ -9,7 +9,7 @@ import torch
 from models.data import load_dataset
 from models.errors import CheckpointError
 from models.pretrained import data_fingerprint, find_pretrained, load_pretrained, ship
-from models.training import TrainConfig, evaluate, get_base_model
+from models.training import TrainConfig, evaluate, get_base_model, train_settings
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def shipped(digits_splits, tmp_path_factory):
         cache_dir=str(tmp_path_factory.mktemp("cache")),
         shipped_dir=None,
     )
-    entry = ship(model, "vgg_small", digits_splits, info, "python scripts/train_base.py x", root)
+    config = train_settings(TrainConfig(epochs=1))
+    entry = ship(model, "vgg_small", digits_splits, info, "train_base.py --epochs 1", config, root)
     return root, model, entry
 
 
@@ -42,11 +43,23 @@ def test_get_base_model_uses_shipped_weights_instead_of_training(
     loaded, info = get_base_model(
         "vgg_small",
         digits_splits,
-        config=TrainConfig(epochs=7, progress=False),  # other settings: still the shipped ones
+        config=TrainConfig(progress=False),  # the defaults: the shipped model
         cache_dir=str(tmp_path),
         shipped_dir=root,
     )
     assert info["source"] == "shipped" and info["cached"]
+    _, same = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=1, progress=False),  # exactly the shipped model's settings
+        cache_dir=str(tmp_path / "other"),
+        shipped_dir=root,
+    )
+    assert same["source"] == "shipped"
+    other_settings = find_pretrained(
+        "vgg_small", digits_splits, root, train_settings(TrainConfig(epochs=2))
+    )
+    assert other_settings is None  # asked for another recipe: train it
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert info["test_acc"] == evaluate(model, digits_splits.test) == entry["test_acc"]
