@@ -128,8 +128,9 @@ def ship(
         The new index entry.
     """
     root.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in splits.name.split("/")[-1])
-    file = f"{model_name}-{slug}.pt"
+    tail = "_".join(splits.name.replace(":", "/").split("/")[-2:])  # e.g. cifar10_train
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)
+    file = f"{model_name}-{slug}-{data_fingerprint(splits)[:8]}.pt"
     torch_save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, root / file)
     history = info.get("history") or []
     entry = {
