@@ -183,9 +183,28 @@ def test_importance_picks_channels(pruners):
     rnd = apply_strategy(model, strategy, x, importance="random")
     assert torch.equal(l1.features[0].weight, l1_again.features[0].weight)
     assert not torch.equal(l1.features[0].weight, rnd.features[0].weight)
-    norms = model.features[0].weight.abs().sum((1, 2, 3))
-    kept = l1.features[0].weight.abs().sum((1, 2, 3))
-    assert kept.min() >= norms.median() * 0.5  # weakest channels went first (roughly: group norm)
+
+
+def test_l1_importance_removes_the_hand_set_weakest_channels():
+    """Channel c of the first conv is scaled by a hand-set factor; everything it couples to (BN,
+    the next conv's input slice) is equal across channels, so L1 must remove the 4 smallest."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
+    scale = torch.tensor([5.0, 0.1, 7.0, 0.3, 0.2, 9.0, 0.4, 3.0])  # weakest: 1, 4, 3, 6
+    with torch.no_grad():
+        model[0].weight.copy_(torch.ones_like(model[0].weight) * scale[:, None, None, None])
+        model[3].weight.fill_(0.5)
+    pruned = Pruner(model, torch.zeros(1, 3, 8, 8), importance="l1").apply({"0": 0.5})
+    kept = pruned[0].weight[:, 0, 0, 0]
+    assert kept.tolist() == pytest.approx([5.0, 7.0, 9.0, 3.0])  # channels 0, 2, 5, 7, in order
 
 
 def _digits() -> tuple[TensorDataset, TensorDataset]:
