@@ -13,12 +13,11 @@ import shlex
 import sys
 
 import common  # noqa: F401 (OpenMP waiting policy and sys.path, before torch)
-from train_base import parse_args
+from train_base import parse_args, train_from_args
 
-from models.data import load_dataset
 from models.errors import RlpruneError
 from models.pretrained import ship
-from models.training import TrainConfig, get_base_model, resolve_device, train_settings
+from models.training import train_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,34 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        splits = load_dataset(
-            args.dataset,
-            data_dir=args.data_dir,
-            download=args.download,
-            seed=args.seed,
-            max_samples=args.max_samples,
-            image_size=args.image_size,
-        )
-        config = TrainConfig(
-            epochs=args.epochs,
-            lr=args.lr,
-            optimizer=args.optimizer,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            augment=args.augment,
-            label_smoothing=args.label_smoothing,
-            nesterov=args.nesterov,
-            progress=not args.no_progress,
-        )
-        model, info = get_base_model(
-            args.model,
-            splits,
-            config=config,
-            device=resolve_device(args.device),
-            cache_dir=args.cache_dir,
-            retrain=args.retrain,
-            shipped_dir=None,  # never re-ship shipped weights
-        )
+        model, info, splits, config = train_from_args(args, shipped_dir=None)  # never re-ship
         command = "python scripts/train_base.py " + shlex.join(argv)
         entry = ship(model.cpu(), args.model, splits, info, command, train_settings(config))
     except RlpruneError as err:

@@ -23,9 +23,12 @@ try:
 except ImportError:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch import nn
+
 from agents.workload import check_user_model
-from models.data import list_datasets, load_dataset
+from models.data import DataSplits, list_datasets, load_dataset
 from models.errors import RlpruneError
+from models.pretrained import PRETRAINED_DIR
 from models.training import TrainConfig, get_base_model, resolve_device
 from models.zoo import DEFAULT_MODEL, list_models
 
@@ -79,6 +82,28 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_datasets()))
     if args.list_models or args.list_datasets:
         return 0
+    model, info, splits, _ = train_from_args(args)
+    del model
+    device = resolve_device(args.device)
+    source = {"cache": "loaded from the cache", "shipped": "shipped with rlprune"}.get(
+        info.get("source"), "trained"
+    )
+    print(
+        f"{args.model} on {splits.name}: test accuracy {info['test_acc']:.4f} "
+        f"({len(splits.test)} images); {source}, training took {info['train_time_s']:.1f} s "
+        f"on {device}\ncheckpoint: {info['path']}"
+    )
+    return 0
+
+
+def train_from_args(
+    args: argparse.Namespace, shipped_dir: Path | None = PRETRAINED_DIR
+) -> tuple[nn.Module, dict, DataSplits, TrainConfig]:
+    """Validates the flags, loads the data and trains (or fetches) the base model.
+
+    Returns:
+        ``(model, info, splits, config)`` as :func:`get_base_model` gives model and info.
+    """
     if args.epochs < 1:
         raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
     if args.no_progress:  # one line per epoch instead of the bar (for logs)
@@ -104,21 +129,16 @@ def run(args: argparse.Namespace) -> int:
         nesterov=args.nesterov,
         progress=not args.no_progress,
     )
-    _, info = get_base_model(
+    model, info = get_base_model(
         args.model,
         splits,
         config=config,
         device=device,
         cache_dir=args.cache_dir,
         retrain=args.retrain,
+        shipped_dir=shipped_dir,
     )
-    source = "loaded from cache" if info["cached"] else "trained"
-    print(
-        f"{args.model} on {splits.name}: test accuracy {info['test_acc']:.4f} "
-        f"({len(splits.test)} images); {source}, training took {info['train_time_s']:.1f} s "
-        f"on {device}\ncheckpoint: {info['path']}"
-    )
-    return 0
+    return model, info, splits, config
 
 
 if __name__ == "__main__":

@@ -31,3 +31,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_vgg_small(digits_splits, tmp_path_factory) -> torch.nn.Module:
+    """vgg_small trained for one epoch on digits (its own cache; read-only)."""
+    from models.training import TrainConfig, get_base_model
+
+    model, _ = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=1, progress=False),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        shipped_dir=None,
+    )
+    return model

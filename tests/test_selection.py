@@ -13,17 +13,12 @@ from agents.selection import (
 from envs.baselines import sampled_search
 from envs.pruning import recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
-from models.training import TrainConfig, evaluate, fine_tune, get_base_model
+from models.training import evaluate, fine_tune
 
 
 @pytest.fixture(scope="module")
-def searched(digits_splits, tmp_path_factory):
-    model, _ = get_base_model(
-        "vgg_small",
-        digits_splits,
-        config=TrainConfig(epochs=1, progress=False),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )
+def searched(digits_splits, digits_vgg_small):
+    model = digits_vgg_small
     cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
     env = ChannelPruningEnv(
         model,
