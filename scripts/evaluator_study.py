@@ -119,18 +119,21 @@ def run(args: argparse.Namespace) -> int:
     short_set = _steps_subset(splits.train, args.short_steps, 64, args.seed + 1)
 
     cache = json.loads(out.read_text()) if out.is_file() else {}
-    rows = cache.get("rows", {})
-    if cache.get("settings", vars(args)) != vars(args):
-        rows = {}  # other settings: start afresh
+    scored = cache.get("rows", {})
+    if _scored_like(cache.get("settings", vars(args))) != _scored_like(vars(args)):
+        scored = {}  # other settings: start afresh
+    # Strategy i is the same for any --strategies (one seeded generator), so a longer study
+    # reuses a shorter one's rows and a shorter one reports on the first rows of a longer one.
     for name, strategy in strategies.items():
-        if name in rows:
+        if name in scored:
             continue
-        rows[name] = score(
+        scored[name] = score(
             args, env, strategy, splits, reward_small, short_set, ft_set, reconstructor
         )
-        write_json_atomic(out, {"settings": vars(args), "rows": rows})
-        row = rows[name]
+        write_json_atomic(out, {"settings": vars(args), "rows": scored})
+        row = scored[name]
         print(f"{name}: " + " ".join(f"{s} {row[s]:.4f}" for s in (*SIGNALS, "truth")), flush=True)
+    rows = {name: scored[name] for name in strategies}
 
     print()
     print(report(args, rows, base_test, info, sample_s))
@@ -195,6 +198,11 @@ def score(
     row["truth"] = float(np.mean(row["truth_seeds"]))
     row["bn_test"] = evaluate(bn_model(), splits.test)
     return row
+
+
+def _scored_like(settings: dict) -> dict:
+    """The settings a strategy's scores depend on (not how many, where, or on how many threads)."""
+    return {k: v for k, v in settings.items() if k not in ("strategies", "output", "threads")}
 
 
 def report(

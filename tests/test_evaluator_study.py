@@ -14,10 +14,11 @@ ARGS = [
 ]  # fmt: skip
 
 
-def _run(out: Path, cache: Path) -> subprocess.CompletedProcess:
+def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RLPRUNE_CACHE": str(cache)}
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "evaluator_study.py"), *ARGS, "--output", str(out)],
+        [sys.executable, str(ROOT / "scripts" / "evaluator_study.py"), *ARGS, *extra, "--output"]
+        + [str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -37,8 +38,10 @@ def test_evaluator_study_scores_every_strategy_and_resumes(tmp_path: Path) -> No
         assert abs(row["macs_ratio_estimate"] - 0.5) < 0.06  # every strategy at the target
     for signal in ("bn", "bn_full", "reconstruct", "short_ft"):
         assert f"| {signal} |" in first.stdout
-    # A second run finds every strategy in the cache and recomputes nothing.
-    second = _run(out, cache)
+    # A shorter second run finds its strategies in the cache: it scores nothing again, reports
+    # on its first rows and keeps the longer run's rows.
+    second = _run(out, cache, "--strategies", "1")
     assert second.returncode == 0, second.stderr
     assert json.loads(out.read_text())["rows"] == rows
     assert "random00:" not in second.stdout  # no strategy was scored again
+    assert "2 strategies at 0.5" in second.stdout  # uniform + random00
