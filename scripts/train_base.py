@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data split and training")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", default=None, help="default: $RLPRUNE_CACHE or ~/.cache")
-    parser.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
+    parser.add_argument(
+        "--retrain", action="store_true", help="ignore a cached checkpoint and shipped weights"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--list-models", action="store_true", help="print model names and exit")
     parser.add_argument("--list-datasets", action="store_true", help="print datasets and exit")
