@@ -1,6 +1,11 @@
 """Shipped base-model weights: found only for the exact data split, checksummed, used by
 get_base_model instead of training."""
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +90,25 @@ def test_altered_shipped_weights_are_refused(shipped, tmp_path: Path) -> None:
     (copy / entry["file"]).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
         load_pretrained(model, entry, copy)
+
+
+def test_ship_base_model_script_writes_a_checked_entry(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "RLPRUNE_CACHE": str(tmp_path / "cache")}
+    flags = ["--model", "vgg_small", "--dataset", "digits", "--epochs", "1", "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "ship_base_model.py"), *flags]
+        + ["--to", str(tmp_path / "shipped")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads((tmp_path / "shipped" / "index.json").read_text())["models"]
+    data = (tmp_path / "shipped" / entry["file"]).read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert entry["command"] == "python scripts/train_base.py " + " ".join(flags)
+    assert entry["train_config"]["epochs"] == 1
+    splits = load_dataset("digits")
+    assert find_pretrained("vgg_small", splits, tmp_path / "shipped") == entry
