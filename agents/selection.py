@@ -19,7 +19,7 @@ from typing import Any
 from torch.utils.data import TensorDataset
 
 from envs.pruning_env import ChannelPruningEnv
-from models.data import stratified_subset_indices
+from models.data import stratified_subset
 from models.training import evaluate, fine_tune
 
 
@@ -77,7 +77,9 @@ def select_strategy(
     top = top_results(env, config.top_k)
     if not top:
         raise ValueError("the env evaluated no strategy yet; run a search first")
-    subset = _steps_subset(train_set, config.fine_tune_steps, config.seed)
+    subset = (
+        _steps_subset(train_set, config.fine_tune_steps, config.seed) if config.top_k > 1 else None
+    )
     scored = []
     for rank, result in enumerate(top):
         if config.top_k == 1:
@@ -118,7 +120,4 @@ def strategy_of(env: ChannelPruningEnv, kept: dict[str, int]) -> dict[str, float
 
 def _steps_subset(dataset: TensorDataset, steps: int, seed: int) -> TensorDataset:
     """``steps`` batches of 64 images (stratified): one epoch of it is ``steps`` SGD steps."""
-    x, y = dataset.tensors
-    n = min(len(y), max(steps, 1) * 64)
-    keep = stratified_subset_indices(y.numpy(), n, seed)
-    return TensorDataset(x[keep], y[keep])
+    return stratified_subset(dataset, max(steps, 1) * 64, seed)

@@ -34,10 +34,6 @@ from envs.units import analyse_units
 from models.errors import PruningError, RlpruneError
 
 
-def _cost_key(env: ChannelPruningEnv) -> str:
-    return "latency_ratio" if env.config.cost == "latency" else "macs_ratio"
-
-
 def _bisect(
     env: ChannelPruningEnv,
     strategy: Callable[[float], dict[str, float]],
@@ -45,11 +41,10 @@ def _bisect(
     steps: int,
 ) -> float:
     """Smallest knob in [0, 1] whose strategy meets ``target`` (cost assumed non-increasing)."""
-    key = _cost_key(env)
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        if env.evaluate_strategy(strategy(mid), with_accuracy=False)[key] <= target:
+        if env.cost_ratio(env.evaluate_strategy(strategy(mid), with_accuracy=False)) <= target:
             hi = mid
         else:
             lo = mid
@@ -191,8 +186,7 @@ def _rollout(env: ChannelPruningEnv, rng: np.random.Generator, seed: int | None)
 
 def estimated_cost(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> float:
     """The env's cost estimate (calibrated latency table, or MACs) of ``strategy``, as a ratio."""
-    keep = env.pruner.keep_fractions(strategy)
-    return env.latency_estimate(keep) if env.config.cost == "latency" else env.macs_estimate(keep)
+    return env.cost_estimate(env.pruner.keep_fractions(strategy))
 
 
 def project_to_target(

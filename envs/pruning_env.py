@@ -301,6 +301,10 @@ class ChannelPruningEnv(gym.Env):
     def _cost_model(self):
         return self.latency_estimate if self.config.cost == "latency" else self.macs_estimate
 
+    def cost_estimate(self, keep: Sequence[float]) -> float:
+        """Estimated ratio of the cost the target constrains (latency or MACs) for ``keep``."""
+        return self._cost_model(keep)
+
     def check_target(self, target: float) -> None:
         """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
         what = "latency" if self.config.cost == "latency" else "MACs"

@@ -353,6 +353,12 @@ def stratified_subset_indices(labels: np.ndarray, max_samples: int | None, seed:
     return np.sort(stratified_order(labels, seed)[:max_samples])
 
 
+def stratified_subset(dataset: TensorDataset, n: int | None, seed: int = 0) -> TensorDataset:
+    """A class-stratified, seeded subset of at most ``n`` samples (order kept; None: all)."""
+    x, y = _subset(*dataset.tensors, n, seed)
+    return dataset if x is dataset.tensors[0] else TensorDataset(x, y)
+
+
 def _subset(
     x: torch.Tensor, y: torch.Tensor, max_samples: int | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

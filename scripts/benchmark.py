@@ -61,7 +61,7 @@ from envs.latency import LatencyConfig, compare_latency  # noqa: E402
 from envs.pruning import Pruner, count_cost  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
-from models.data import DataSplits, load_dataset, stratified_subset_indices  # noqa: E402
+from models.data import DataSplits, load_dataset, stratified_subset  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
 from models.training import TrainConfig, evaluate, fine_tune, get_base_model  # noqa: E402
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
@@ -610,13 +610,6 @@ def throughput_scaling(args: argparse.Namespace) -> str:
         lines.append(split_row(label, env.num_units, episode_split(result["history"])))
         print(f"  throughput: {lines[-1]}", flush=True)
     return "\n".join(lines)
-
-
-def stratified_subset(dataset: TensorDataset, n: int) -> TensorDataset:
-    """A class-stratified, seeded subset of at most ``n`` samples (order kept)."""
-    x, y = dataset.tensors
-    keep = torch.from_numpy(stratified_subset_indices(y.numpy(), n, seed=0))
-    return TensorDataset(x[keep], y[keep])
 
 
 def _reward_subset(splits: DataSplits, n: int) -> TensorDataset:

@@ -38,7 +38,7 @@ from envs.pruning import recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from envs.reconstruction import Reconstructor
 from models.atomic import write_json_atomic
-from models.data import load_dataset, stratified_subset_indices
+from models.data import load_dataset, stratified_subset
 from models.errors import RlpruneError
 from models.training import TrainConfig, evaluate, fine_tune, get_base_model
 
@@ -69,19 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _subset(dataset: TensorDataset, n: int | None, seed: int) -> TensorDataset:
-    if n is None or n >= len(dataset):
-        return dataset
-    x, y = dataset.tensors
-    keep = torch.from_numpy(stratified_subset_indices(y.numpy(), n, seed))
-    return TensorDataset(x[keep], y[keep])
-
-
-def _steps_subset(dataset: TensorDataset, steps: int, batch: int, seed: int) -> TensorDataset:
-    """``steps`` batches' worth of images: one epoch of it is ``steps`` SGD steps."""
-    return _subset(dataset, steps * batch, seed)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -105,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     base_test = evaluate(model, splits.test)
-    reward_small = _subset(splits.reward_val, args.reward_images, args.seed)
+    reward_small = stratified_subset(splits.reward_val, args.reward_images, args.seed)
     config = PruningEnvConfig(cost="macs", target=args.target, bn_batches=args.bn_batches)
     env = ChannelPruningEnv(model, splits.train, reward_small, config)
     rng = np.random.default_rng(args.seed)
@@ -115,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     reconstructor = Reconstructor(model, splits.train, seed=args.seed)
     sample_s = time.perf_counter() - t0
-    ft_set = _subset(splits.train, args.ft_images, args.seed)
-    short_set = _steps_subset(splits.train, args.short_steps, 64, args.seed + 1)
+    ft_set = stratified_subset(splits.train, args.ft_images, args.seed)
+    short_set = stratified_subset(splits.train, args.short_steps * 64, args.seed + 1)
 
     cache = json.loads(out.read_text()) if out.is_file() else {}
     scored = cache.get("rows", {})
