@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from envs.baselines import uniform_for_target
-from envs.latency import LatencyConfig, compare_latency
+from envs.latency import LatencyConfig, compare_latency, reporting_config
 from envs.pruning import count_cost, load_pruned, save_pruned
 from envs.pruning_env import ChannelPruningEnv
 from models.data import DataSplits
@@ -102,13 +102,7 @@ def measure_latency_rows(
     passes: int,
 ) -> None:
     """Fill latency and speedup (vs the first row) of every row, measured interleaved."""
-    cfg = LatencyConfig(
-        device=str(device),
-        batch_size=config.batch_size,
-        warmup=config.warmup,
-        repeats=max(config.repeats, 30),
-        threads=config.threads,
-    )
+    cfg = reporting_config(config, device)
     stats = compare_latency({r.name: r.model for r in rows}, input_shape, cfg, passes=passes)
     for row in rows:
         row.latency_ms = stats[row.name].median_ms

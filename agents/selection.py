@@ -9,15 +9,25 @@ reconstruction if configured, BN recalibration), a short annealed fine-tune, the
 whole reward split.
 Every search method (agent, random, TPE) gets the same protocol, so comparisons isolate the
 policy.
+
+With a latency target the candidates are first timed again with the reporting protocol
+(:func:`envs.latency.compare_latency`: interleaved with the original, every repeat, best of
+several passes), and those over ``target * (1 + tolerance)`` are dropped: the search's adaptive
+timing and its calibrated estimate can disagree with the final timing (a clean-clone default run
+delivered 0.55 at target 0.5), and a model over its latency budget is not a deliverable.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
 from torch.utils.data import TensorDataset
 
+from envs.latency import compare_latency, reporting_config
 from envs.pruning_env import ChannelPruningEnv
 from models.data import stratified_subset
 from models.training import evaluate, fine_tune
@@ -33,19 +43,40 @@ class SelectionConfig:
             after BN recalibration only.
         lr: Peak learning rate of the short fine-tune.
         seed: Seed of the fine-tune's image subset and batch order.
+        retime: With a latency target, time the candidates with the reporting protocol and
+            drop those over ``target * (1 + tolerance)`` before re-scoring.
+        tolerance: Relative slack of the latency check (0.05: 5% over the target).
+        retime_pool: How many of the search's best (by reward) are timed, so that ``top_k``
+            remain when some fail the check; at least ``top_k``.
+        latency_passes: Interleaved passes of the re-timing (best pass per model).
     """
 
     top_k: int = 5
     fine_tune_steps: int = 100
     lr: float = 0.01
     seed: int = 0
+    retime: bool = True
+    tolerance: float = 0.05
+    retime_pool: int = 10
+    latency_passes: int = 3
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.fine_tune_steps < 0 or self.lr <= 0:
+        if (
+            self.top_k < 1
+            or self.fine_tune_steps < 0
+            or self.lr <= 0
+            or self.tolerance < 0
+            or self.latency_passes < 1
+        ):
             raise ValueError(
-                f"selection needs top_k >= 1, fine_tune_steps >= 0 and lr > 0, got "
-                f"{self.top_k}, {self.fine_tune_steps}, {self.lr}"
+                f"selection needs top_k >= 1, fine_tune_steps >= 0, lr > 0, tolerance >= 0 and "
+                f"latency_passes >= 1, got {self.top_k}, {self.fine_tune_steps}, {self.lr}, "
+                f"{self.tolerance}, {self.latency_passes}"
             )
+
+
+#: ``{name: model}`` (``"original"`` among them) -> ``{name: latency / original's}``.
+RatioTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
 
 
 def top_results(env: ChannelPruningEnv, k: int) -> list[dict[str, Any]]:
@@ -59,30 +90,83 @@ def top_results(env: ChannelPruningEnv, k: int) -> list[dict[str, Any]]:
     return sorted(pool, key=lambda r: r["reward"], reverse=True)[:k]
 
 
+def env_timer(env: ChannelPruningEnv, passes: int) -> RatioTimer:
+    """Times models interleaved on the env's device with the reporting protocol."""
+    config = reporting_config(env.config.latency, env.device)
+
+    def ratios(models: Mapping[str, nn.Module]) -> dict[str, float]:
+        stats = compare_latency(models, env.input_shape, config, passes=passes)
+        base = stats["original"].median_ms
+        return {name: s.median_ms / base for name, s in stats.items()}
+
+    return ratios
+
+
+def within_latency(
+    env: ChannelPruningEnv,
+    results: list[dict[str, Any]],
+    config: SelectionConfig,
+    timer: RatioTimer | None = None,
+) -> list[dict[str, Any]]:
+    """``results`` re-timed (``measured_ratio`` added) and filtered to the latency budget.
+
+    Keeps the order. When none is within ``target * (1 + tolerance)``, returns the one with the
+    lowest measured ratio alone, with a warning (the search found nothing deliverable).
+    """
+    timer = timer or env_timer(env, config.latency_passes)
+    models = {"original": env.model}
+    models.update({f"c{i}": env.pruner.prune_to(r["kept_channels"]) for i, r in enumerate(results)})
+    ratios = timer(models)
+    timed = [{**r, "measured_ratio": float(ratios[f"c{i}"])} for i, r in enumerate(results)]
+    limit = env.config.target * (1 + config.tolerance)
+    kept = [r for r in timed if r["measured_ratio"] <= limit]
+    if kept:
+        return kept
+    fastest = min(timed, key=lambda r: r["measured_ratio"])
+    warnings.warn(
+        f"none of the search's {len(timed)} best strategies times within the latency target "
+        f"{env.config.target} (+{config.tolerance:.0%}) with the reporting protocol; delivering "
+        f"the fastest ({fastest['measured_ratio']:.3f}). Lower --target or run more episodes.",
+        stacklevel=2,
+    )
+    return [fastest]
+
+
 def select_strategy(
-    env: ChannelPruningEnv, train_set: TensorDataset, config: SelectionConfig = SelectionConfig()
+    env: ChannelPruningEnv,
+    train_set: TensorDataset,
+    config: SelectionConfig = SelectionConfig(),
+    timer: RatioTimer | None = None,
 ) -> dict[str, Any]:
     """Re-scores the search's ``top_k`` results and returns the best by the stronger score.
+
+    With a latency target and ``config.retime``, the search's ``retime_pool`` best are timed
+    first (:func:`within_latency`) and only those within the budget compete.
 
     Args:
         env: The env the search ran in (its result cache holds the candidates).
         train_set: Images for BN recalibration and the short fine-tune.
         config: How many candidates and how strong a re-scoring.
+        timer: Latency ratios of models to ``"original"`` (default: :func:`env_timer`).
 
     Returns:
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
-        reward, accuracy, ``selection_score`` and ``search_rank`` (0 = the search's best).
+        reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best) and,
+        when re-timed, ``measured_ratio``.
     """
-    top = top_results(env, config.top_k)
-    if not top:
+    retime = config.retime and env.config.cost == "latency"
+    pool = top_results(env, max(config.retime_pool, config.top_k) if retime else config.top_k)
+    if not pool:
         raise ValueError("the env evaluated no strategy yet; run a search first")
-    subset = (
-        _steps_subset(train_set, config.fine_tune_steps, config.seed) if config.top_k > 1 else None
-    )
+    pool = [{**r, "search_rank": rank} for rank, r in enumerate(pool)]
+    if retime:
+        pool = within_latency(env, pool, config, timer)
+    top = pool[: config.top_k]
+    subset = _steps_subset(train_set, config.fine_tune_steps, config.seed) if len(top) > 1 else None
     scored = []
-    for rank, result in enumerate(top):
-        if config.top_k == 1:
+    for result in top:
+        if len(top) == 1:
             score = result["accuracy"]
         else:
             pruned = env.restore(env.pruner.prune_to(result["kept_channels"]))
@@ -97,7 +181,7 @@ def select_strategy(
                     device=env.device,
                 )
             score = evaluate(pruned, env.reward_set, env.device)
-        scored.append({**result, "selection_score": score, "search_rank": rank})
+        scored.append({**result, "selection_score": score})
     chosen = max(scored, key=lambda r: (r["selection_score"], -r["search_rank"]))
     strategy = strategy_of(env, chosen["kept_channels"])
     candidates = [
@@ -107,6 +191,7 @@ def select_strategy(
             "accuracy": r["accuracy"],
             "selection_score": r["selection_score"],
             "kept_channels": r["kept_channels"],
+            **({"measured_ratio": r["measured_ratio"]} if "measured_ratio" in r else {}),
         }
         for r in scored
     ]

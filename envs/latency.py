@@ -17,8 +17,9 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -92,6 +93,16 @@ class LatencyStats:
         else:
             q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
         return cls(statistics.median(ordered), q25, q75, ordered[0], len(ordered))
+
+
+def reporting_config(config: LatencyConfig, device: Any = None) -> LatencyConfig:
+    """The protocol of every reported latency: ``config`` on ``device`` with >= 30 timed runs.
+
+    Reported numbers (:func:`compare_latency`) time every repeat; the search's adaptive stopping
+    rule (``rel_tol``) does not apply to them.
+    """
+    device = config.device if device is None else str(device)
+    return replace(config, device=device, repeats=max(config.repeats, 30))
 
 
 def measure_latency(

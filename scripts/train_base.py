@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=defaults.precision,
+        help="bf16: bfloat16 autocast (about 1.6x faster on CPUs with AVX-512 BF16)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data split and training")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", default=None, help="default: $RLPRUNE_CACHE or ~/.cache")
@@ -129,6 +135,7 @@ def train_from_args(
         augment=args.augment,
         label_smoothing=args.label_smoothing,
         nesterov=args.nesterov,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     model, info = get_base_model(

@@ -1,6 +1,7 @@
 """The final choice: top-k distinct architectures of a search, re-scored by a short fine-tune."""
 
 import pytest
+import torch
 from fakes import MacsLatency
 
 from agents.selection import (
@@ -11,7 +12,7 @@ from agents.selection import (
     top_results,
 )
 from envs.baselines import sampled_search
-from envs.pruning import recalibrate_bn
+from envs.pruning import count_cost, recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.training import evaluate, fine_tune
 
@@ -64,3 +65,73 @@ def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> N
     fine_tune(pruned, _steps_subset(digits_splits.train, 5, 1), 1, lr=0.01, seed=1, progress=False)
     assert evaluate(pruned, env.reward_set) == chosen["selection_score"]
     assert strategy_of(env, chosen["kept_channels"]) == chosen["strategy"]
+
+
+@pytest.fixture(scope="module")
+def searched_latency(digits_splits, digits_vgg_small):
+    """A search under a latency target whose "latency" is the MACs ratio (deterministic)."""
+    model = digits_vgg_small
+    cfg = PruningEnvConfig(cost="latency", target=0.5, bn_batches=2)
+    env = ChannelPruningEnv(
+        model,
+        digits_splits.train,
+        digits_splits.reward_val,
+        cfg,
+        latency=MacsLatency(model, digits_splits.input_shape),
+    )
+    sampled_search(env, episodes=10, seed=0)
+    return env
+
+
+def macs_timer(slow: dict[int, float]):
+    """Times a model as its MACs over the original's, times ``slow[rank]`` for candidate c<rank>;
+    records what it was asked to time."""
+    calls = []
+
+    def timer(models):
+        calls.append(list(models))
+        x = torch.zeros(1, 1, 8, 8)
+        base, _ = count_cost(models["original"], x)
+        return {
+            name: count_cost(m, x)[0] / base * slow.get(int(name[1:]) if name != "original" else -1, 1.0)
+            for name, m in models.items()
+        }
+
+    timer.calls = calls
+    return timer
+
+
+def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, digits_splits) -> None:
+    env = searched_latency
+    top = top_results(env, 4)
+    # The search's best and third best time at twice their MACs ratio: over 0.5 * 1.05.
+    timer = macs_timer({0: 2.0, 2: 2.0})
+    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=4)
+    chosen = select_strategy(env, digits_splits.train, config, timer=timer)
+    assert timer.calls == [["original", "c0", "c1", "c2", "c3"]]  # the pool, with the original
+    assert [c["search_rank"] for c in chosen["candidates"]] == [1, 3]
+    x = torch.zeros(1, 1, 8, 8)
+    base, _ = count_cost(env.model, x)
+    for c in chosen["candidates"]:  # the measured ratio is the timer's, per candidate
+        pruned = env.pruner.prune_to(top[c["search_rank"]]["kept_channels"])
+        assert c["measured_ratio"] == pytest.approx(count_cost(pruned, x)[0] / base)
+        assert c["measured_ratio"] <= 0.5 * 1.05
+    assert chosen["search_rank"] in (1, 3)
+
+
+def test_retiming_delivers_the_fastest_when_none_is_within(searched_latency, digits_splits):
+    env = searched_latency
+    slow = {0: 3.0, 1: 1.5, 2: 4.0}  # every candidate over budget; c1 is the least slow
+    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=3)
+    with pytest.warns(UserWarning, match="none of the search's 3 best"):
+        chosen = select_strategy(env, digits_splits.train, config, timer=macs_timer(slow))
+    assert chosen["search_rank"] == 1
+    assert [c["search_rank"] for c in chosen["candidates"]] == [1]
+
+
+def test_no_retiming_under_a_macs_target(searched, digits_splits) -> None:
+    env, result = searched
+    timer = macs_timer({0: 10.0})
+    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1), timer=timer)
+    assert timer.calls == []
+    assert chosen["kept_channels"] == result["kept_channels"]

@@ -45,6 +45,24 @@ def test_train_config_rejects_bad_settings() -> None:
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(RlpruneError, match="lr=0"):
         TrainConfig(lr=0)
+    with pytest.raises(RlpruneError, match="unknown precision 'fp16'"):
+        TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_precision_sets_the_convolutions_dtype(digits_splits, precision, dtype) -> None:
+    """bf16 runs the training forward in bfloat16 and keeps float32 weights; evaluation is fp32."""
+    model = _seeded_model("vgg_small", digits_splits)
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    config = TrainConfig(epochs=1, batch_size=256, precision=precision, progress=False)
+    train_model(model, digits_splits.train, config)
+    assert seen and set(seen) == {dtype}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+    evaluate(model, digits_splits.test)
+    assert set(seen) == {torch.float32}
 
 
 def test_random_crop_flip_shifts_and_mirrors_each_image() -> None:
