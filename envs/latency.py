@@ -9,6 +9,9 @@ Two protocols, one per purpose. The search's :class:`LatencyMeter` times only un
 ratio to the reference is known to ``rel_tol`` (a sequential stopping rule on the interleaved
 pairs), because it runs every episode. The final comparison (:func:`compare_latency`) always runs
 every repeat of every pass, because its numbers are the ones reported.
+
+Both time the model in the runtime ``LatencyConfig.backend`` names (:mod:`envs.backends`: eager
+PyTorch, TorchScript or ONNX Runtime); compiling for it is done before the timed runs and cached.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
+from envs.backends import BACKENDS, Backend, Forward
 from envs.units import eval_mode
 from models.errors import RlpruneError
 
@@ -49,6 +53,8 @@ class LatencyConfig:
             going on, the longer model's more often: here (2 cores, load 7) a 2 ms model timed at
             6 ms and its 0.45 ratio to a pruned copy at 0.14-0.31; with 0.5 ms pauses, 2.2 ms
             and 0.44-0.47.
+        backend: The runtime the model is timed in (:data:`envs.backends.BACKENDS`): ``"torch"``
+            (eager), ``"torchscript"`` or ``"onnxruntime"``.
     """
 
     device: str = "cpu"
@@ -59,6 +65,13 @@ class LatencyConfig:
     rel_tol: float | None = 0.02
     min_repeats: int = 5
     pause_ms: float = 0.5
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise RlpruneError(
+                f"unknown latency backend '{self.backend}'; choose {', '.join(BACKENDS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -105,18 +118,28 @@ def reporting_config(config: LatencyConfig, device: Any = None) -> LatencyConfig
     return replace(config, device=device, repeats=max(config.repeats, 30))
 
 
+def make_backend(config: LatencyConfig, cache_size: int = 8) -> Backend:
+    """The :class:`envs.backends.Backend` of ``config`` (runtime, device, threads)."""
+    return Backend(config.backend, config.device, config.threads, cache_size=cache_size)
+
+
 def measure_latency(
-    model: nn.Module, input_shape: tuple[int, int, int], config: LatencyConfig = LatencyConfig()
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    config: LatencyConfig = LatencyConfig(),
+    backend: Backend | None = None,
 ) -> LatencyStats:
     """Times forward passes of ``model`` on a random batch ``[batch_size, *input_shape]``.
 
-    The model runs in eval mode under ``torch.inference_mode`` (its mode is restored after);
+    The model runs in eval mode under ``torch.inference_mode`` (its mode is restored after), in
+    ``config.backend``'s runtime (compiled by ``backend``, a new one if None, before timing);
     CUDA is synchronised around every timed run.
     """
+    backend = backend or make_backend(config)
     with _timing(config):
         x = _batch(input_shape, config)
         with eval_mode(model):
-            run = _timer(model, x, config.device, config.pause_ms)
+            run = _runner(backend, model, x, config)
             for _ in range(config.warmup):
                 run()
             return LatencyStats.from_times([run() for _ in range(max(config.repeats, 1))])
@@ -131,17 +154,19 @@ def compare_latency(
     """Latency of several models measured interleaved, robust to machine-wide slowdowns.
 
     Each pass measures every model in turn, starting one model later than the previous pass;
-    per model the pass with the lowest median is kept (a slowdown only ever adds time).
+    per model the pass with the lowest median is kept (a slowdown only ever adds time). Each
+    model is compiled for ``config.backend`` once, before its first pass.
 
     Returns:
         Stats per model name, in the order of ``models``.
     """
     names = list(models)
+    backend = make_backend(config, cache_size=len(names))
     best: dict[str, LatencyStats] = {}
     for p in range(max(passes, 1)):
         shift = p % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
-            stats = measure_latency(models[name], input_shape, config)
+            stats = measure_latency(models[name], input_shape, config, backend)
             if name not in best or stats.median_ms < best[name].median_ms:
                 best[name] = stats
     return {name: best[name] for name in names}
@@ -207,6 +232,8 @@ class LatencyMeter:
         reference_stats: Latency of the reference, measured at construction.
         hits: Calls of :meth:`ratio` answered from the cache.
         misses: Calls that measured.
+        backend: Compiles the models for ``config.backend`` (its ``exports`` and ``compile_s``
+            count the cost); a cache hit compiles nothing.
     """
 
     def __init__(
@@ -220,7 +247,8 @@ class LatencyMeter:
         self.input_shape = input_shape
         self.config = config
         self.threshold = threshold
-        self.reference_stats = measure_latency(reference, input_shape, config)
+        self.backend = make_backend(config)
+        self.reference_stats = measure_latency(reference, input_shape, config, self.backend)
         self.hits = 0
         self.misses = 0
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
@@ -245,8 +273,8 @@ class LatencyMeter:
             x = _batch(self.input_shape, cfg)
             with eval_mode(model), eval_mode(self.reference):
                 runs = (
-                    _timer(model, x, cfg.device, cfg.pause_ms),
-                    _timer(self.reference, x, cfg.device, cfg.pause_ms),
+                    _runner(self.backend, model, x, cfg),
+                    _runner(self.backend, self.reference, x, cfg),
                 )
                 for _ in range(cfg.warmup):
                     runs[0]()
@@ -287,6 +315,13 @@ def profile_layers(
     run's total minus its layers' times (clipped at 0): both come from the same run, so a run that
     the machine slowed down does not leak into the overhead.
 
+    Hooks only fire in eager PyTorch: a compiled runtime (TorchScript, ONNX Runtime) runs one
+    fused graph without module boundaries. For ``config.backend`` other than ``"torch"`` the
+    eager profile is therefore scaled so that it sums to the backend's whole-model median (timed
+    with the same settings): the backend sets the total, eager PyTorch how it divides among the
+    layers. The search's measured episodes then calibrate the estimate's slope in the backend
+    (see :meth:`envs.pruning_env.ChannelPruningEnv.latency_estimate`).
+
     Returns:
         (ms per layer name, overhead ms).
 
@@ -325,15 +360,20 @@ def profile_layers(
         handles.append(modules[name].register_forward_pre_hook(before(name)))
         handles.append(modules[name].register_forward_hook(after(name)))
     handles.append(model.register_forward_hook(after(None)))  # last: after the layers' hooks
+    eager = replace(config, backend="torch")
     try:
-        measure_latency(model, input_shape, config)
+        measure_latency(model, input_shape, eager)
     finally:
         for handle in handles:
             handle.remove()
     timed = runs[config.warmup :] or runs  # the warm-up runs are recorded too; drop them
     per_layer = {n: statistics.median(run[n] for run in timed) for n in layer_names}
     rest = statistics.median(run[None] - sum(run[n] for n in layer_names) for run in timed)
-    return per_layer, max(0.0, rest)
+    rest = max(0.0, rest)
+    if config.backend == "torch":
+        return per_layer, rest
+    scale = measure_latency(model, input_shape, config).median_ms / (sum(per_layer.values()) + rest)
+    return {n: ms * scale for n, ms in per_layer.items()}, rest * scale
 
 
 @contextmanager
@@ -354,18 +394,28 @@ def _batch(input_shape: Sequence[int], config: LatencyConfig) -> torch.Tensor:
     return x.to(config.device)
 
 
+def _runner(
+    backend: Backend, model: nn.Module, x: torch.Tensor, config: LatencyConfig
+) -> Callable[[], float]:
+    """:func:`_timer` of ``model`` compiled by ``backend`` (compiling is not timed)."""
+    where = next(iter(model.parameters()), x).device
+    if where.type != x.device.type:
+        raise RlpruneError(
+            f"model is on {where} but latency is measured on {config.device}; move it with "
+            f".to('{config.device}')"
+        )
+    with torch.no_grad():
+        forward = backend.compile(model, x)
+    return _timer(forward, x, config.device, config.pause_ms)
+
+
 def _timer(
-    model: nn.Module, x: torch.Tensor, device: str, pause_ms: float = 0.0
+    model: Forward, x: torch.Tensor, device: str, pause_ms: float = 0.0
 ) -> Callable[[], float]:
     """A function that runs one forward pass of ``model`` on ``x`` and returns its time in ms.
 
     It sleeps ``pause_ms`` first, untimed (see :attr:`LatencyConfig.pause_ms`).
     """
-    where = next(iter(model.parameters()), x).device
-    if where.type != x.device.type:
-        raise RlpruneError(
-            f"model is on {where} but latency is measured on {device}; move it with .to('{device}')"
-        )
     cuda = x.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
