@@ -7,8 +7,12 @@ a different size than the example input (which also proves the batch axis is not
 - TorchScript: ``torch.jit.load`` outputs must match PyTorch's within ``atol=rtol=1e-5`` (same
   kernels, so only summation-order noise is allowed).
 - ONNX: the graph must pass ``onnx.checker``; then outputs are compared within ``atol=rtol=1e-4``
-  (other kernels) using onnxruntime if installed, else ONNX's pure-Python reference evaluator
-  (``onnx.reference``). Only if neither can run the graph, the inferred output shape is checked.
+  (other kernels) using ONNX Runtime (the ``onnx`` extra installs it), else, when it is not
+  installed, ONNX's pure-Python reference evaluator (``onnx.reference``). Only if neither can run
+  the graph, the inferred output shape is checked.
+
+:func:`ort_session` is the one place an ONNX Runtime session is made: for this check and for the
+``onnxruntime`` latency backend (:mod:`envs.backends`).
 
 The ONNX file comes from the TorchScript-based exporter (``dynamo=False``): the newer
 ``torch.export``-based default needs the ``onnxscript`` package. torch marks both ``torch.jit`` and
@@ -18,12 +22,14 @@ that exporter as deprecated; their deprecation warnings are silenced here.
 from __future__ import annotations
 
 import copy
-import importlib.util
+import importlib
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +40,7 @@ from models.errors import RlpruneError
 
 if TYPE_CHECKING:
     import onnx
+    import onnxruntime
 
 TORCHSCRIPT_TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
@@ -88,7 +95,7 @@ def export_torchscript(
     source, example = _cpu_eval_copy(model, example_input)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_deprecations(), torch.no_grad():
+        with quiet_deprecations(), torch.no_grad():
             torch.jit.save(torch.jit.trace(source, example, check_trace=False), str(path))
     except Exception as err:
         raise RlpruneError(
@@ -96,7 +103,7 @@ def export_torchscript(
             "torch.jit.trace cannot follow this model - try --format onnx"
         ) from err
     x = _check_batch(example)
-    with _quiet_deprecations():
+    with quiet_deprecations():
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         got = loaded(x)
@@ -129,22 +136,12 @@ def export_onnx(
     try:
         import onnx
     except ImportError as err:
-        raise RlpruneError("ONNX export needs the onnx package; pip install onnx") from err
+        raise RlpruneError('ONNX export needs the onnx package; pip install -e ".[onnx]"') from err
     path = Path(path)
     source, example = _cpu_eval_copy(model, example_input)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_deprecations(), torch.no_grad():
-            torch.onnx.export(
-                source,
-                (example,),
-                str(path),
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
+        _torch_onnx_export(source, example, str(path), dynamic_batch=True, opset=opset)
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph, full_check=True)
     except Exception as err:
@@ -163,18 +160,116 @@ def export_onnx(
     return _compare("ONNX", path, name, got, expected, x, ONNX_TOLERANCE)
 
 
+def export_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
+    """The ONNX graph of ``model`` (in eval mode; not modified) for exactly ``example_input``'s
+    shape, in memory.
+
+    Fixed shapes let ONNX Runtime plan the whole graph; the latency backend times one batch size.
+    The graph has one input ``input`` and one output ``logits``. Exporter errors propagate.
+    """
+    buffer = io.BytesIO()
+    _torch_onnx_export(model, example_input, buffer, dynamic_batch=False, opset=None)
+    return buffer.getvalue()
+
+
+def require_onnxruntime(what: str) -> ModuleType:
+    """The ``onnxruntime`` module, after checking that ``onnx`` (the exporter needs it) is there.
+
+    Args:
+        what: What needs them, for the message (e.g. ``"--latency-backend onnxruntime"``).
+
+    Raises:
+        RlpruneError: One of the two packages is missing; the message names the extra to install.
+    """
+    missing, module = [], None
+    for name in ("onnx", "onnxruntime"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise RlpruneError(
+            f"{what} needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)}; "
+            'pip install -e ".[onnx]"'
+        )
+    return module
+
+
+def ort_session(
+    graph: bytes | str | Path, *, threads: int | None = None, device: str = "cpu"
+) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session of ``graph`` (serialized bytes or a file) on ``device``.
+
+    Args:
+        graph: The ONNX model.
+        threads: Intra-op threads (the parallelism inside an operator); None: ORT's default (one
+            per core). Inter-op parallelism is off (one operator at a time), as in PyTorch.
+        device: ``"cpu"`` (CPUExecutionProvider) or ``"cuda[:N]"`` (CUDAExecutionProvider on GPU
+            N, the CPU for operators it lacks).
+
+    All graph optimisations are on. Idle worker threads sleep instead of spinning, as PyTorch's
+    do under the scripts' ``OMP_WAIT_POLICY=PASSIVE`` (spinning slowed a shared CPU).
+
+    Raises:
+        RlpruneError: onnx/onnxruntime missing, or CUDA asked of an onnxruntime without it.
+    """
+    ort = require_onnxruntime("ONNX Runtime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list = ["CPUExecutionProvider"]
+    where = torch.device(device)
+    if where.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RlpruneError(
+                f"onnxruntime {ort.__version__} here cannot run on {device} (no "
+                "CUDAExecutionProvider); pip install onnxruntime-gpu, or time on --device cpu"
+            )
+        providers = [("CUDAExecutionProvider", {"device_id": where.index or 0}), *providers]
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, options, providers=providers)
+
+
+def _torch_onnx_export(
+    model: nn.Module,
+    example: torch.Tensor,
+    f: str | io.BytesIO,
+    dynamic_batch: bool,
+    opset: int | None,
+) -> None:
+    """torch's TorchScript-based ONNX exporter: input ``input``, output ``logits``."""
+    dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with quiet_deprecations(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            f,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
 def _onnx_runner(
     graph: onnx.ModelProto, path: Path
 ) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
-    """(check name, function input array -> output array) of the best available ONNX runtime.
+    """(check name, function input array -> output array) of the best available ONNX runtime:
+    ONNX Runtime, else (when it is not installed) ONNX's reference evaluator.
 
     Returns None when no runtime can load the graph (e.g. an op the reference evaluator lacks).
     """
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-
+    try:
+        import onnxruntime  # noqa: F401 - is it installed?
+    except ImportError:
+        onnxruntime = None
+    if onnxruntime is not None:
         try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = ort_session(path)
         except Exception as err:
             raise RlpruneError(
                 f"ONNX export of {path}: onnxruntime cannot load the graph ({_first_line(err)}); "
@@ -267,7 +362,7 @@ def _first_line(err: Exception) -> str:
 
 
 @contextmanager
-def _quiet_deprecations() -> Iterator[None]:
+def quiet_deprecations() -> Iterator[None]:
     """Silences torch's deprecation notices of torch.jit and the TorchScript ONNX exporter."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
