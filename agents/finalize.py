@@ -146,16 +146,21 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 def make_recipe(
     model_name: str, splits: DataSplits, base: nn.Module, settings: Mapping[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    """What rebuilds a pruned model (see :func:`envs.pruning.save_pruned`), and its base model.
+    """What rebuilds a pruned model (see :func:`envs.pruning.save_pruned`), feeds it, and its base.
 
     ``base_sha256`` (:func:`state_dict_sha256` of ``base``) lets ``evaluate.py`` find the exact
-    original the model was pruned from; the strategy is added by :func:`save_deliverables`.
+    original the model was pruned from; ``class_names`` and ``preprocessing``
+    (:meth:`models.data.Preprocessing.to_dict`: scale, resize, per-channel mean and std) are
+    what a user needs to run the model outside rlprune. The strategy is added by
+    :func:`save_deliverables`.
     """
     return {
         "model": model_name,
         "dataset": splits.name,
         "input_shape": list(splits.input_shape),
         "num_classes": splits.num_classes,
+        "class_names": list(splits.class_names),
+        "preprocessing": splits.preprocessing.to_dict(),
         "importance": settings["importance"],
         "round_to": settings["round_to"],
         "base_sha256": state_dict_sha256(base.state_dict()),

@@ -322,7 +322,9 @@ def save_pruned(model: nn.Module, path: str | Path, recipe: Mapping) -> None:
         model: The pruned network (any device).
         path: Destination, e.g. ``runs/x/pruned_model.pt``.
         recipe: JSON-able dict with at least ``model`` (zoo name or ``module:callable``),
-            ``input_shape`` ([C, H, W]), ``num_classes`` and ``strategy``.
+            ``input_shape`` ([C, H, W]), ``num_classes`` and ``strategy``; the scripts add
+            ``class_names`` and ``preprocessing`` (how to turn an image into an input, see
+            :func:`agents.finalize.make_recipe`), which files of older rlprune lack.
 
     Raises:
         CheckpointError: The recipe lacks a key or is not JSON-able, or ``path`` ends in .json.

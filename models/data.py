@@ -3,19 +3,22 @@
 Every dataset is loaded whole into float32 tensors ``[N, C, H, W]``, normalised per channel with
 the train split's mean and std, because the RL loop evaluates the reward split thousands of times.
 Splits are deterministic for a seed, disjoint and stratified by class. Nothing is downloaded
-unless ``download=True``.
+unless ``download=True``. :class:`Preprocessing` records how a raw image became a model input,
+so that a saved model can be fed the same way outside rlprune.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +31,76 @@ REWARD_VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
 MAX_REWARD_VAL = 5000
 IMAGEFOLDER_SIZE = 32
+PIL_RESIZE = "PIL bilinear (Image.resize), after converting to grayscale (L) or RGB"
+TORCH_RESIZE = "bilinear, antialiased (torch.nn.functional.interpolate)"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes a model input, channel by channel.
+
+    ``x[c] = (resize(image) / pixel_max - mean[c]) / std[c]``, the image float32 and channels
+    first (``[C, H, W]``), grayscale for 1 channel, RGB for 3.
+
+    Attributes:
+        mean: Per-channel mean of the train split's images scaled to [0, 1] (after resizing).
+        std: Per-channel standard deviation (unbiased, at least 1e-6) of the same images.
+        pixel_max: The raw pixel value that maps to 1.0: 255 for 8-bit images, 16 for ``digits``.
+        resize: ``(H, W)`` images are resized to, or None when they are used at their size.
+        resize_method: How they are resized (empty when they are not).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pixel_max: float = 255.0
+    resize: tuple[int, int] | None = None
+    resize_method: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the ``preprocessing`` of a saved model's recipe), with the formula."""
+        return {
+            "formula": "x[c] = (resize(image) / pixel_max - mean[c]) / std[c], float32 [C, H, W]",
+            "channels": {1: "grayscale", 3: "RGB"}.get(len(self.mean), f"{len(self.mean)}"),
+            "pixel_max": self.pixel_max,
+            "resize": list(self.resize) if self.resize else None,
+            "resize_method": self.resize_method,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            DatasetError: A field is missing or malformed.
+        """
+        try:
+            return cls(
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                pixel_max=float(data["pixel_max"]),
+                resize=tuple(int(v) for v in data["resize"]) if data.get("resize") else None,
+                resize_method=str(data.get("resize_method") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(
+                f"malformed preprocessing record ({type(err).__name__}: {err}); it needs mean, "
+                "std and pixel_max - save the model again"
+            ) from None
+
+    def same_input_as(self, other: Preprocessing) -> bool:
+        """Whether both turn raw images into inputs alike (mean/std within float32 rounding)."""
+        if (len(self.mean), self.pixel_max, self.resize) != (
+            len(other.mean),
+            other.pixel_max,
+            other.resize,
+        ):
+            return False
+        return all(
+            math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+            for a, b in zip((*self.mean, *self.std), (*other.mean, *other.std), strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -42,7 +115,9 @@ class DataSplits:
         test: Held-out split for final reporting only.
         input_shape: ``(C, H, W)`` of one image.
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        class_names: Class names, indexed by label.
+        class_names: Class names, indexed by label (digits: "0".."9"; torchvision datasets:
+            theirs; imagefolder: the folder names).
+        preprocessing: How the raw images became these tensors (mean, std, scale, resize).
     """
 
     name: str
@@ -52,17 +127,24 @@ class DataSplits:
     input_shape: tuple[int, int, int]
     num_classes: int
     class_names: tuple[str, ...]
+    preprocessing: Preprocessing
 
 
 @dataclass(frozen=True)
 class _RawData:
-    """Images in [0, 1] (float) or [0, 255] (uint8), ``[N, C, H, W]``, and int64 labels."""
+    """Images in [0, 1] (float) or [0, 255] (uint8), ``[N, C, H, W]``, and int64 labels.
+
+    ``pixel_max`` is the source's pixel value that became 1.0; ``resize_method`` says how the
+    loader resized the images while decoding (empty: it did not).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     class_names: tuple[str, ...]
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
+    pixel_max: float = 255.0
+    resize_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +192,8 @@ def _load_digits(opts: _Options) -> _RawData:
 
     digits = load_digits()  # 1,797 images of 8x8 pixels, values 0..16
     x = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)
-    return _RawData(x, torch.from_numpy(digits.target).long(), tuple(str(i) for i in range(10)))
+    labels = torch.from_numpy(digits.target).long()
+    return _RawData(x, labels, tuple(str(i) for i in range(10)), pixel_max=16.0)
 
 
 def _torchvision_loader(
@@ -178,7 +261,7 @@ def _load_imagefolder(root: str, opts: _Options) -> _RawData:
     if cache.is_file():
         try:
             x, y = (torch.load(cache, weights_only=True)[k] for k in ("x", "y"))
-            return _RawData(x, y, classes)
+            return _RawData(x, y, classes, resize_method=PIL_RESIZE)
         except Exception as err:  # corrupt cache: decode again
             warnings.warn(f"ignoring unreadable image cache {cache}: {err}", stacklevel=2)
     samples = [folder.samples[i] for i in keep]
@@ -191,7 +274,7 @@ def _load_imagefolder(root: str, opts: _Options) -> _RawData:
         os.replace(tmp, cache)
     except OSError as err:
         warnings.warn(f"cannot write image cache {cache}: {err}", stacklevel=2)
-    return _RawData(x, y, classes)
+    return _RawData(x, y, classes, resize_method=PIL_RESIZE)
 
 
 def _decode_images(paths: list[str], size: int) -> torch.Tensor:
@@ -315,6 +398,14 @@ def _split(name: str, raw: _RawData, opts: _Options) -> DataSplits:
     train_x = _to_float(x[train_idx], opts.image_size)
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    resize_method = raw.resize_method or (TORCH_RESIZE if opts.image_size is not None else "")
+    preprocessing = Preprocessing(
+        mean=tuple(mean.flatten().tolist()),
+        std=tuple(std.flatten().tolist()),
+        pixel_max=raw.pixel_max,
+        resize=tuple(train_x.shape[2:]) if resize_method else None,
+        resize_method=resize_method,
+    )
 
     def dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
         # In place: CIFAR-10's 50,000 float images take 600 MB, so avoid a second copy.
@@ -328,6 +419,46 @@ def _split(name: str, raw: _RawData, opts: _Options) -> DataSplits:
         input_shape=tuple(train_x.shape[1:]),
         num_classes=len(raw.class_names),
         class_names=raw.class_names,
+        preprocessing=preprocessing,
+    )
+
+
+def renormalized(splits: DataSplits, preprocessing: Preprocessing) -> DataSplits:
+    """``splits`` with every image normalised by ``preprocessing``'s mean and std instead.
+
+    A model trained on one dataset's normalisation (a saved model's recipe) must be evaluated
+    or fine-tuned on inputs normalised the same way, even on another split or subset.
+
+    Raises:
+        DatasetError: The raw images were scaled or resized differently, which no per-channel
+            affine map can undo.
+    """
+    own = splits.preprocessing
+    if (own.pixel_max, own.resize, len(own.mean)) != (
+        preprocessing.pixel_max,
+        preprocessing.resize,
+        len(preprocessing.mean),
+    ):
+        raise DatasetError(
+            f"dataset '{splits.name}' scales pixels by 1/{own.pixel_max:g} and resizes to "
+            f"{own.resize}, the model expects 1/{preprocessing.pixel_max:g} and "
+            f"{preprocessing.resize}; pass the --dataset (and --image-size) it was trained on"
+        )
+    shape = (1, -1, 1, 1)
+    scale = torch.tensor(own.std).view(shape) / torch.tensor(preprocessing.std).view(shape)
+    shift = (torch.tensor(own.mean) - torch.tensor(preprocessing.mean)).view(shape)
+    shift = shift / torch.tensor(preprocessing.std).view(shape)
+
+    def convert(dataset: TensorDataset) -> TensorDataset:
+        x, y = dataset.tensors
+        return TensorDataset(x * scale + shift, y)
+
+    return replace(
+        splits,
+        train=convert(splits.train),
+        reward_val=convert(splits.reward_val),
+        test=convert(splits.test),
+        preprocessing=preprocessing,
     )
 
 

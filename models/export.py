@@ -17,6 +17,9 @@ a different size than the example input (which also proves the batch axis is not
 The ONNX file comes from the TorchScript-based exporter (``dynamo=False``): the newer
 ``torch.export``-based default needs the ``onnxscript`` package. torch marks both ``torch.jit`` and
 that exporter as deprecated; their deprecation warnings are silenced here.
+
+The exported graphs take normalised inputs; :func:`deployment_info` describes the normalisation
+(per-channel mean and std, pixel scale, resize) and the class names, for a JSON sidecar.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import copy
 import importlib
 import io
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -158,6 +161,39 @@ def export_onnx(
     name, run_graph = run
     got = torch.from_numpy(np.asarray(run_graph(x.numpy())))
     return _compare("ONNX", path, name, got, expected, x, ONNX_TOLERANCE)
+
+
+def deployment_info(recipe: Mapping[str, Any], files: Mapping[str, str]) -> dict[str, Any]:
+    """What a user needs to run exported files outside rlprune (the export's ``.deploy.json``).
+
+    Args:
+        recipe: The saved pruned model's recipe (``load_pruned(path)[1]["recipe"]``).
+        files: Exported file name by format, e.g. ``{"onnx": "pruned_model.onnx"}``.
+
+    Returns:
+        JSON-able dict: the files; the input (name ``input``, ``[batch, C, H, W]`` float32) and
+        its ``preprocessing`` (scale, resize, per-channel mean and std; see
+        :class:`models.data.Preprocessing`); the output (name ``logits``, ``[batch,
+        num_classes]``) and ``class_names`` by index. A recipe of an older rlprune has no
+        preprocessing nor class names: those are None.
+    """
+    return {
+        "model": recipe["model"],
+        "dataset": recipe.get("dataset"),
+        "files": dict(files),
+        "input": {
+            "name": "input",
+            "shape": ["batch", *recipe["input_shape"]],
+            "dtype": "float32",
+            "preprocessing": recipe.get("preprocessing"),
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["batch", recipe["num_classes"]],
+            "meaning": "class scores (softmax gives probabilities); argmax is the class index",
+        },
+        "class_names": recipe.get("class_names"),
+    }
 
 
 def export_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:

@@ -24,7 +24,7 @@ from agents.workload import env_config  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
 from envs.pruning_env import PruningEnvConfig  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
-from models.data import DataSplits, load_dataset  # noqa: E402
+from models.data import DataSplits, Preprocessing, load_dataset, renormalized  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
 from models.zoo import DEFAULT_MODEL  # noqa: E402
 
@@ -260,6 +260,12 @@ def load_pruned_with_data(
 ) -> tuple[object, dict, DataSplits]:
     """A saved pruned model, its recipe, and its dataset (``dataset`` or the recipe's).
 
+    The dataset's images are normalised the way the model's recipe records
+    (``recipe["preprocessing"]``), so another split or dataset is fed as the model was trained.
+    A file of an older rlprune records no preprocessing nor class names: the dataset's are
+    assumed (what the model was trained with when it is the recipe's dataset) and put in the
+    returned recipe, so a script that saves the model again records them.
+
     Raises:
         DatasetError: No dataset known, or its images do not fit the model.
     """
@@ -274,6 +280,20 @@ def load_pruned_with_data(
             f"dataset '{dataset}' has images {list(splits.input_shape)} but the model was pruned "
             f"for {recipe['input_shape']}; pass the --dataset it was trained on"
         )
+    if "preprocessing" not in recipe:
+        print(
+            f"{path} records no input normalisation (saved by an older rlprune); assuming the "
+            f"one of dataset '{splits.name}'"
+        )
+        recipe = {
+            **recipe,
+            "class_names": recipe.get("class_names", list(splits.class_names)),
+            "preprocessing": splits.preprocessing.to_dict(),
+        }
+    recorded = Preprocessing.from_dict(recipe["preprocessing"])
+    if not recorded.same_input_as(splits.preprocessing):
+        print(f"normalising '{splits.name}' with the model's mean {list(recorded.mean)}")
+        splits = renormalized(splits, recorded)
     return model, recipe, splits
 
 

@@ -1,7 +1,10 @@
 """Export a saved pruned model to TorchScript and/or ONNX, checking each file's outputs.
 
 Each file is reloaded and run on a random batch; its outputs must match the PyTorch model's (see
-``models.export`` for the tolerances and which ONNX runtime is used).
+``models.export`` for the tolerances and which ONNX runtime is used). Beside the files,
+``<stem>.deploy.json`` says how to feed them: input name and shape, the preprocessing that turns
+an image into an input (pixel scale, resize, per-channel mean and std:
+``x[c] = (resize(image) / pixel_max - mean[c]) / std[c]``), output name and the class names.
 
     python scripts/export_model.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt
     python scripts/export_model.py pruned.pt --format onnx --opset 17 --output-dir deploy/
@@ -10,13 +13,15 @@ Each file is reloaded and run on a random batch; its outputs must match the PyTo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import common
 import torch
 
 from envs.pruning import load_pruned
-from models.export import export_onnx, export_torchscript
+from models.atomic import write_json_atomic
+from models.export import deployment_info, export_onnx, export_torchscript
 
 FORMATS = {"torchscript": ("torchscript",), "onnx": ("onnx",), "both": ("torchscript", "onnx")}
 
@@ -40,14 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.output_dir or args.pruned_model.parent
     common.check_writable_dir(out_dir, "--output-dir")
     model, meta = load_pruned(args.pruned_model, "cpu")
-    example = torch.zeros(1, *meta["recipe"]["input_shape"])
+    recipe = meta["recipe"]
+    example = torch.zeros(1, *recipe["input_shape"])
     stem = args.pruned_model.stem
+    files = {}
     for fmt in FORMATS[args.format]:
         if fmt == "torchscript":
             result = export_torchscript(model, example, out_dir / f"{stem}.ts")
         else:
             result = export_onnx(model, example, out_dir / f"{stem}.onnx", opset=args.opset)
+        files[fmt] = result.path.name
         print(f"{fmt}: {result.describe()}")
+    info = out_dir / f"{stem}.deploy.json"
+    write_json_atomic(info, deployment_info(recipe, files))
+    print(f"input preprocessing and class names: {info}")
+    if recipe.get("preprocessing") is None:
+        print(
+            f"warning: {args.pruned_model} records no input normalisation (saved by an older "
+            f"rlprune), so {info.name} lacks it; run scripts/evaluate.py on the model to see the "
+            "dataset's, or prune it again",
+            file=sys.stderr,
+        )
     return 0
 
 
