@@ -6,6 +6,7 @@ import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ from torch.utils.data import TensorDataset
 from envs.budget import check_reachable, min_pruning_ratio
 from envs.features import NUM_FEATURES, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
+from envs.latency_table import LatencyTable, cached_table, device_name
 from envs.pruning import Pruner, count_cost, recalibrate_bn
 from envs.reconstruction import Reconstructor
 from envs.rewards import TARGET_TOLERANCE, get_reward
@@ -108,6 +110,14 @@ class MeasuredLatency:
         threshold: ratio at which the reward changes (target plus tolerance); timing a candidate
             stops early once it is known to be on one side of it (see
             :class:`envs.latency.LatencyMeter`).
+        tables: directory of saved per-layer latency tables (:mod:`envs.latency_table`): the
+            reference's profile is read from there when this device measured it before with
+            these settings, else measured and saved there. None: always measured, not saved.
+        model_name: names the saved table.
+
+    Attributes:
+        table: the reference's latency table once :meth:`profile` ran with ``tables``.
+        table_path: its file; ``table_reused``: whether it was read, not measured.
     """
 
     def __init__(
@@ -116,18 +126,49 @@ class MeasuredLatency:
         input_shape: tuple[int, int, int],
         config: LatencyConfig,
         threshold: float | None = None,
+        tables: str | Path | None = None,
+        model_name: str = "model",
     ):
         self.reference = reference
         self.input_shape = input_shape
         self.config = config
         self.meter = LatencyMeter(reference, input_shape, config, threshold=threshold)
+        self.tables, self.model_name = tables, model_name
+        self.table: LatencyTable | None = None
+        self.table_path: Path | None = None
+        self.table_reused = False
 
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
-        return profile_layers(self.reference, self.input_shape, layer_names, self.config)
+        if self.tables is None:
+            return profile_layers(self.reference, self.input_shape, layer_names, self.config)
+        self.table, self.table_path, self.table_reused = cached_table(
+            self.tables, self.reference, self.input_shape, layer_names, self.config, self.model_name
+        )
+        return self.table.layer_ms(), self.table.overhead_ms
 
     def ratio(self, model: nn.Module) -> tuple[float, float]:
         ratio, stats = self.meter.ratio(model)
         return ratio, stats.median_ms
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent so far compiling models for the backend (export, session, trace)."""
+        return self.meter.backend.compile_s
+
+    def describe(self) -> str:
+        """How latency is measured, for logs and reports: backend, device, threads, batch size,
+        the compilations and the per-layer table."""
+        cfg, backend = self.config, self.meter.backend
+        text = (
+            f"latency timed with {cfg.backend} on {cfg.device} ({device_name(cfg.device)}), "
+            f"{cfg.threads} thread(s), batch {cfg.batch_size}"
+        )
+        if cfg.backend != "torch":
+            text += f"; {backend.exports} compilations in {backend.compile_s:.1f} s"
+        if self.table_path is not None:
+            how = "reused" if self.table_reused else "measured and saved"
+            text += f"; per-layer table {self.table_path} ({how})"
+        return text
 
 
 class ChannelPruningEnv(gym.Env):
@@ -156,7 +197,8 @@ class ChannelPruningEnv(gym.Env):
     **Start**: the first unit, nothing pruned. **End**: ``terminated=True`` after the last unit;
     never truncated. ``info`` of the last step carries ``accuracy``, ``latency_ms``,
     ``latency_ratio``, ``macs_ratio``, ``params_ratio``, ``strategy``, ``reward`` and the time spent
-    (``time_prune_s``, ``time_bn_s``, ``time_eval_s``, ``time_latency_s``).
+    (``time_prune_s``, ``time_bn_s``, ``time_eval_s``, ``time_latency_s``; ``time_export_s`` is
+    the part of ``time_latency_s`` spent compiling for the latency backend).
 
     The source model is never modified. Baseline accuracy and latency are measured once, here.
     """
@@ -173,6 +215,7 @@ class ChannelPruningEnv(gym.Env):
         device: str | torch.device = "cpu",
         latency: LatencySource | None = None,
         model_name: str = "model",
+        latency_tables: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.config = config or PruningEnvConfig()
@@ -213,7 +256,9 @@ class ChannelPruningEnv(gym.Env):
         threshold = self.config.target * (1.0 + TARGET_TOLERANCE)
         if self.config.cost != "latency":
             threshold = None
-        self.latency = latency or MeasuredLatency(self.model, self.input_shape, lat_cfg, threshold)
+        self.latency = latency or MeasuredLatency(
+            self.model, self.input_shape, lat_cfg, threshold, latency_tables, model_name
+        )
         self.layer_latency_ms, self.overhead_ms = self.latency.profile(
             [c.name for c in self.layer_costs]
         )
@@ -401,9 +446,10 @@ class ChannelPruningEnv(gym.Env):
             accuracy = evaluate(pruned, self.reward_set, self.device, self.config.eval_batch_size)
             t3 = time.perf_counter()
             times["time_bn_s"], times["time_eval_s"] = t2 - t1, t3 - t2
-        t4 = time.perf_counter()
+        t4, compiled_s = time.perf_counter(), self._compile_s()
         latency_ratio, latency_ms = self.latency.ratio(pruned)
         times["time_latency_s"] = time.perf_counter() - t4
+        times["time_export_s"] = self._compile_s() - compiled_s
 
         macs_ratio = macs / self.base_macs
         cost_ratio = latency_ratio if self.config.cost == "latency" else macs_ratio
@@ -427,6 +473,10 @@ class ChannelPruningEnv(gym.Env):
         if with_accuracy:
             self._cache[key] = result
         return {**result, "strategy": dict(strategy), "cached": False}
+
+    def _compile_s(self) -> float:
+        """Seconds the latency source spent compiling so far (0 for one that compiles nothing)."""
+        return float(getattr(self.latency, "compile_s", 0.0))
 
     def evaluated_results(self) -> list[dict[str, Any]]:
         """Every distinct architecture evaluated with accuracy so far (copies of the cached
