@@ -216,8 +216,13 @@ def write_report(
     best: Mapping[str, Any],
     timings: Mapping[str, float],
     suffix: str = "",
+    latency: str | None = None,
 ) -> Path:
-    """Write ``report<suffix>.md``: settings, summary table, best strategy, time split."""
+    """Write ``report<suffix>.md``: settings, summary table, best strategy, time split.
+
+    ``latency`` says how latency was obtained (backend, device, threads; a latency table the
+    search used instead of timing), e.g. ``env.latency.describe()``.
+    """
     from agents.callbacks import strategy_table
 
     lines = [f"# {title}", "", "## Settings", ""]
@@ -227,6 +232,7 @@ def write_report(
         "Latencies were measured in the same run, interleaved, best of several passes; the "
         "spread is the inter-quartile range over the median.",
         "",
+        *([f"Latency: {latency}.", ""] if latency else []),
         f"## Best strategy (episode {best.get('episode', '-')}, reward-split accuracy "
         f"{best['accuracy']:.4f}, latency ratio {best['latency_ratio']:.3f})",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
-from models.data import DataSplits, load_dataset
+from models.data import DataSplits, default_cache_dir, load_dataset
 from models.errors import DatasetError, RlpruneError, UnknownModelError
 from models.training import TrainConfig, get_base_model
 from models.zoo import build_model
@@ -86,6 +87,7 @@ def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
             batch_size=settings["latency_batch_size"],
             repeats=settings["latency_repeats"],
             threads=settings.get("threads"),
+            backend=settings.get("latency_backend", "torch"),
         ),
     )
 
@@ -104,7 +106,9 @@ def build_workload(
     Args:
         model_name: zoo name, torchvision name or ``module:callable``.
         splits: the dataset.
-        settings: flat settings (see :func:`env_config`, plus base_epochs, seed, cache_dir).
+        settings: flat settings (see :func:`env_config`, plus base_epochs, seed, cache_dir, and
+            latency_table: a table measured on another device that the search's latency comes
+            from; the env's own tables are kept in :func:`latency_tables_dir`).
         device: where the network runs and is timed.
         model: an already trained model to use instead of the cached base model.
         progress: show training progress bars.
@@ -130,5 +134,13 @@ def build_workload(
         env_config(settings),
         device=device,
         model_name=model_name,
+        latency_tables=latency_tables_dir(settings.get("cache_dir")),
+        latency_table=settings.get("latency_table"),
     )
     return Workload(model_name, model, splits, env, info)
+
+
+def latency_tables_dir(cache_dir: str | None) -> Path:
+    """Where per-layer latency tables are saved and reused: beside the base models, in
+    ``<cache>/latency_tables`` (``cache_dir`` or :func:`models.data.default_cache_dir`)."""
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "latency_tables"

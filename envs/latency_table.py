@@ -323,20 +323,25 @@ def check_table(
     Raises:
         CheckpointError: One line naming the file, what differs (theirs and ours) and the fix.
     """
-    checks = [
-        ("architecture", table.architecture, architecture_id(model), "--model"),
-        ("input shape", list(table.input_shape), list(input_shape), "--dataset"),
-        ("batch size", table.batch_size, config.batch_size, "--latency-batch-size"),
-        ("threads", table.threads, config.threads, "--threads"),
-        ("backend", table.backend, config.backend, "--latency-backend"),
-    ]
-    for what, theirs, ours, flag in checks:
-        if theirs != ours:
-            raise CheckpointError(
-                f"latency table {path} was measured for {what} {theirs}, this run has {ours}; "
-                f"pass the {flag} it was measured with, or measure a table for these settings "
-                "(scripts/latency_table.py)"
-            )
+    check_table_settings(table, path, config)
+    _check_same(path, "input shape", list(table.input_shape), list(input_shape), "--dataset")
+    _check_same(path, "architecture", table.architecture, architecture_id(model), "--model")
+
+
+def check_table_settings(table: LatencyTable, path: str | Path, config: LatencyConfig) -> None:
+    """The part of :func:`check_table` that needs no model: batch size, threads, backend."""
+    _check_same(path, "batch size", table.batch_size, config.batch_size, "--latency-batch-size")
+    _check_same(path, "threads", table.threads, config.threads, "--threads")
+    _check_same(path, "backend", table.backend, config.backend, "--latency-backend")
+
+
+def _check_same(path: str | Path, what: str, theirs: Any, ours: Any, flag: str) -> None:
+    if theirs != ours:
+        raise CheckpointError(
+            f"latency table {path} was measured for {what} {theirs}, this run has {ours}; "
+            f"pass the {flag} it was measured with, or measure a table for these settings "
+            "(scripts/latency_table.py)"
+        )
 
 
 class TableLatency:

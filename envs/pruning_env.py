@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from envs.budget import check_reachable, min_pruning_ratio
 from envs.features import NUM_FEATURES, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
-from envs.latency_table import LatencyTable, cached_table, device_name
+from envs.latency_table import LatencyTable, TableLatency, cached_table, device_name, load_table
 from envs.pruning import Pruner, count_cost, recalibrate_bn
 from envs.reconstruction import Reconstructor
 from envs.rewards import TARGET_TOLERANCE, get_reward
@@ -201,6 +201,11 @@ class ChannelPruningEnv(gym.Env):
     the part of ``time_latency_s`` spent compiling for the latency backend).
 
     The source model is never modified. Baseline accuracy and latency are measured once, here.
+
+    Latency comes from ``latency`` if given (a :class:`LatencySource`), else from a table measured
+    on another device (``latency_table``, a file: :class:`envs.latency_table.TableLatency`,
+    nothing is timed), else it is measured (:class:`MeasuredLatency`, whose per-layer table is
+    saved in and reused from the directory ``latency_tables``).
     """
 
     metadata = {"render_modes": []}
@@ -216,6 +221,7 @@ class ChannelPruningEnv(gym.Env):
         latency: LatencySource | None = None,
         model_name: str = "model",
         latency_tables: str | Path | None = None,
+        latency_table: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.config = config or PruningEnvConfig()
@@ -256,6 +262,9 @@ class ChannelPruningEnv(gym.Env):
         threshold = self.config.target * (1.0 + TARGET_TOLERANCE)
         if self.config.cost != "latency":
             threshold = None
+        if latency is None and latency_table is not None:  # the search's latency: the table's
+            table = load_table(latency_table)
+            latency = TableLatency(table, latency_table, self.model, self.input_shape, lat_cfg)
         self.latency = latency or MeasuredLatency(
             self.model, self.input_shape, lat_cfg, threshold, latency_tables, model_name
         )

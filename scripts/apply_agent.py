@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{env.base_accuracy:.4f}, latency {env.base_latency_ms:.3f} ms; target {args.target} "
         f"of {args.cost}"
     )
+    print(f"  {env.latency.describe()}")
     name = f"apply_{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
     run_dir = common.claim_run_dir(args.output_dir, args.name or name, settings)
 
@@ -170,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe = make_recipe(args.model, splits, work.model, settings, agent=str(agent_path))
     path = save_deliverables(run_dir, rows, best["strategy"], recipe)
     title = f"rlprune agent {agent_path} applied to {args.model} on {splits.name}"
-    report = write_report(run_dir, title, settings, rows, best, timings)
+    latency = env.latency.describe()
+    report = write_report(run_dir, title, settings, rows, best, timings, latency=latency)
     print(
-        f"{summary_table(rows)}\n\nrun directory: {run_dir}\n  pruned model: {path}\n"
+        f"{summary_table(rows)}\n  {latency}\n\nrun directory: {run_dir}\n  pruned model: {path}\n"
         f"  report: {report}"
     )
     return 0

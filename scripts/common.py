@@ -21,6 +21,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.workload import env_config  # noqa: E402
+from envs.backends import BACKENDS, check_backend  # noqa: E402
+from envs.latency_table import check_table_settings, load_table  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
 from envs.pruning_env import PruningEnvConfig  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
@@ -96,6 +98,26 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="CPU threads while timing (1 is stable on a shared machine; use your deployment's)",
+    )
+    add_latency_backend_arg(g)
+    g.add_argument(
+        "--latency-table",
+        type=lambda path: str(Path(path).expanduser().absolute()),
+        default=None,
+        metavar="FILE",
+        help="per-layer latency table measured on another device (scripts/latency_table.py): "
+        "the search's latency is its estimate, not timed here; final latencies are timed here",
+    )
+
+
+def add_latency_backend_arg(g: argparse._ActionsContainer) -> None:
+    """--latency-backend: the runtime latency is timed in (envs/backends.py)."""
+    g.add_argument(
+        "--latency-backend",
+        choices=BACKENDS,
+        default="torch",
+        help="runtime models are timed in: eager PyTorch, TorchScript or ONNX Runtime (the "
+        "onnx extra); use the one you deploy with",
     )
 
 
@@ -232,6 +254,17 @@ def check_settings(settings: dict) -> None:
         )
     if "min_ratio" in settings:
         env_config(settings)  # ratios, reward and cost are checked by the env's own settings
+    if settings.get("latency_backend"):
+        check_backend(settings["latency_backend"])  # its packages are installed
+    if settings.get("latency_table"):
+        if "," in settings.get("model", ""):
+            raise RlpruneError(
+                f"--latency-table holds one model's profile, but --model names "
+                f"{settings['model']}; search one model at a time with a table"
+            )
+        table = load_table(settings["latency_table"])
+        if "min_ratio" in settings:  # its settings now; its architecture once the model is built
+            check_table_settings(table, settings["latency_table"], env_config(settings).latency)
 
 
 def load_described(described: str, data_dir: str | None, download: bool) -> DataSplits:

@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(batch {settings['latency_batch_size']}, {device}); target {settings['target']} "
             f"of {settings['cost']}"
         )
+        print(f"  {w.env.latency.describe()}")
     env = works[0].env if len(works) == 1 else MultiModelEnv([w.env for w in works])
     max_units = max(w.env.num_units for w in works)
 
@@ -218,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = make_recipe(w.model_name, splits, w.model, settings)
         path = save_deliverables(run_dir, rows, final["strategy"], recipe, suffix=suffix)
         title = f"rlprune search: {w.model_name} on {splits.name}"
-        report = write_report(run_dir, title, settings, rows, final, timings, suffix=suffix)
-        print(f"\n{title}\n{summary_table(rows)}\n  pruned model: {path}\n  report: {report}")
+        latency = w.env.latency.describe()
+        report = write_report(
+            run_dir, title, settings, rows, final, timings, suffix=suffix, latency=latency
+        )
+        print(f"\n{title}\n{summary_table(rows)}\n  {latency}\n  pruned model: {path}")
+        print(f"  report: {report}")
     print(f"\nrun directory: {run_dir}\nTensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
 
@@ -235,6 +240,8 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
         top_k=settings.get("select_top_k", 1),  # runs saved before selection existed: off
         fine_tune_steps=settings.get("select_steps", SelectionConfig.fine_tune_steps),
         seed=settings["seed"],
+        # A latency table's device is not this one: its budget was kept by the table's estimate.
+        retime=not settings.get("latency_table"),
     )
     chosen = select_strategy(env, splits.train, config)
     write_json_atomic(
