@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from agents.finalize import state_dict_sha256
+from envs.backends import check_backend
 from envs.latency import LatencyConfig, LatencyStats, compare_latency
+from envs.latency_table import device_name
 from envs.pruning import count_cost
 from models.data import DataSplits, default_cache_dir
 from models.errors import CheckpointError, RlpruneError
@@ -66,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--latency-batch-size", type=int, default=16, help="images per timed forward")
     g.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
+    common.add_latency_backend_arg(g)
     g.add_argument("--passes", type=int, default=5, help="interleaved passes; the best is kept")
     g.add_argument("--repeats", type=int, default=20, help="timed forwards per pass")
     g.add_argument("--warmup", type=int, default=3, help="untimed forwards per pass")
@@ -257,6 +260,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise RlpruneError(f"--warmup must be >= 0, got {args.warmup}")
     if args.json is not None:
         common.check_writable_file(args.json, "--json")
+    check_backend(args.latency_backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         threads=args.threads,
+        backend=args.latency_backend,
     )
     latency = compare_latency(nets, splits.input_shape, latency_cfg, passes=args.passes)
     sizes = {"pruned": args.pruned_model.stat().st_size}
@@ -295,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, args.latency_batch_size))
     print(
         f"latency: median of {args.repeats} forwards, best of {args.passes} interleaved passes, "
-        f"{device}, {args.threads} thread(s); +- is the interquartile range / median"
+        f"{args.latency_backend} on {device} ({device_name(str(device))}), {args.threads} "
+        "thread(s); +- is the interquartile range / median"
     )
     if args.json:
         report = {
@@ -306,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             "latency": {
                 "batch_size": args.latency_batch_size,
                 "threads": args.threads,
+                "backend": args.latency_backend,
+                "device_name": device_name(str(device)),
                 "passes": args.passes,
                 "repeats": args.repeats,
             },
