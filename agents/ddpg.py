@@ -32,6 +32,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 
+from envs.features import FEATURES_VERSION
 from models.errors import CheckpointError
 
 
@@ -190,10 +191,17 @@ class DecayingTruncatedNormalNoise(ActionNoise):
 
 
 class AMCDDPG(DDPG):
-    """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration."""
+    """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration.
+
+    ``observation_features`` and ``features_version`` (saved with the agent) name the observation
+    it was trained on (:mod:`envs.features`); :func:`load_agent` refuses an env that observes
+    anything else.
+    """
 
     def __init__(self, *args: Any, actor_lr: float = 1e-4, critic_lr: float = 1e-3, **kwargs: Any):
         self.actor_lr, self.critic_lr = actor_lr, critic_lr
+        self.observation_features: list[str] | None = None
+        self.features_version: int | None = None
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
 
     def _update_learning_rate(self, optimizers: Any) -> None:
@@ -226,7 +234,7 @@ def make_agent(
     buffer_class: type[ReplayBuffer] = ReplayBuffer
     if config.episode_reward:
         buffer_class, buffer_kwargs = EpisodeRewardBuffer, {"baseline_alpha": config.baseline_alpha}
-    return AMCDDPG(
+    agent = AMCDDPG(
         "MlpPolicy",
         env,
         actor_lr=config.actor_lr,
@@ -246,6 +254,9 @@ def make_agent(
         device=config.device,
         verbose=verbose,
     )
+    agent.observation_features = list(getattr(env, "feature_names", ()) or ()) or None
+    agent.features_version = FEATURES_VERSION
+    return agent
 
 
 def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu") -> AMCDDPG:
@@ -260,6 +271,7 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
             f"{path} is not a readable rlprune agent ({type(exc).__name__}); retrain it"
         ) from None
     if env is not None:
+        check_observation(agent, env, path)
         if agent.observation_space.shape != env.observation_space.shape:
             raise CheckpointError(
                 f"{path} expects observations of shape {agent.observation_space.shape} but this "
@@ -268,6 +280,32 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
             )
         agent.set_env(env)
     return agent
+
+
+def saved_features(path: str | Path) -> list[str] | None:
+    """The observation features the agent saved at ``path`` was trained on (None: version 1)."""
+    return getattr(load_agent(path), "observation_features", None)
+
+
+def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``agent`` was trained on the features ``env`` gives.
+
+    Agents saved before the observation was versioned (version 1) have no feature names.
+    """
+    names = getattr(env, "feature_names", None)
+    trained = getattr(agent, "observation_features", None)
+    if names is None:
+        return
+    if trained is None:
+        raise CheckpointError(
+            f"{path} was trained on rlprune's version-1 observation; this rlprune observes "
+            f"version {FEATURES_VERSION} (incompatible version): retrain it"
+        )
+    if list(trained) != list(names):
+        raise CheckpointError(
+            f"{path} was trained on the observation features {','.join(trained)} but the env "
+            f"observes {','.join(names)}; pass --features {','.join(trained)} or retrain it"
+        )
 
 
 def agent_config_dict(config: AgentConfig) -> dict[str, Any]:

@@ -53,6 +53,10 @@ class MultiModelEnv(gym.Env):
         if not envs:
             raise ValueError("MultiModelEnv needs at least one environment")
         self.envs = list(envs)
+        names = {tuple(e.feature_names) for e in self.envs}
+        if len(names) != 1:
+            raise ValueError(f"the environments observe different features: {sorted(names)}")
+        self.feature_names = self.envs[0].feature_names
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self.num_units = max(e.num_units for e in self.envs)

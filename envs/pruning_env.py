@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from envs.budget import check_reachable, min_pruning_ratio
-from envs.features import NUM_FEATURES, unit_features
+from envs.features import DEFAULT_FEATURES, NetworkContext, check_features, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
 from envs.latency_table import LatencyTable, TableLatency, cached_table, device_name, load_table
 from envs.pruning import Pruner, count_cost, recalibrate_bn
@@ -64,6 +64,9 @@ class PruningEnvConfig:
             pruned by AMC's least squares on feature maps of the original network
             (:class:`envs.reconstruction.Reconstructor`; one sampling pass at construction,
             then ~0.1 s per strategy).
+        features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
+            order; the default is every feature of the current version. A subset is for
+            ablations; an agent only acts in envs that observe the features it was trained on.
     """
 
     target: float = 0.5
@@ -79,8 +82,10 @@ class PruningEnvConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
     reconstruct: bool = False
+    features: tuple[str, ...] = DEFAULT_FEATURES
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "features", check_features(self.features))
         if self.cost not in ("latency", "macs"):
             raise RlpruneError(f"unknown cost '{self.cost}'; choose 'latency' or 'macs'")
         if not 0.0 <= self.min_ratio < self.max_ratio < 1.0:
@@ -183,11 +188,13 @@ class ChannelPruningEnv(gym.Env):
     action wall so that the target stays reachable when every later unit is pruned at
     ``max_ratio`` (the wall uses a per-layer latency table or MACs, see :mod:`envs.budget`).
 
-    **Observation space**: ``Box(0, 1, (NUM_FEATURES,), float32)``, the fixed-scale,
-    architecture-agnostic features of the current unit listed in
-    :data:`envs.features.FEATURE_NAMES` (relative depth, kind, log widths, kernel, stride,
-    feature-map size, MACs and latency shares, cost removed so far, cost still to visit, previous
-    ratio, target, coupling, the wall's floor).
+    **Observation space**: ``Box(0, 1, (len(config.features),), float32)``, the fixed-scale,
+    architecture-agnostic features of the current unit named in ``config.features`` (all of
+    :data:`envs.features.ALL_FEATURES` by default: relative depth, kind, log widths, kernel,
+    stride, feature-map size, MACs and latency shares, cost removed so far, cost still to visit,
+    previous ratio, target, coupling, the wall's floor, and for transfer the shares relative to
+    the average unit's, the neighbours' shares, downsampling, relative width, network length and
+    the cut still needed).
 
     **Reward**: 0 at every step but the last. At the last unit a copy of the model is pruned for
     real, its BatchNorm statistics are recalibrated on a few training batches, its accuracy is
@@ -290,7 +297,10 @@ class ChannelPruningEnv(gym.Env):
         self._calibrate_at_target()
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), dtype=np.float32)
+        self.feature_names = self.config.features
+        self.observation_space = gym.spaces.Box(
+            0.0, 1.0, (len(self.feature_names),), dtype=np.float32
+        )
         self._cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._keep: list[float] = []
         self._ratios: list[float] = []
@@ -378,13 +388,24 @@ class ChannelPruningEnv(gym.Env):
         shares = self.latency_share if self.config.cost == "latency" else self.macs_share
         return unit_features(
             self.units[t],
-            self.num_units,
-            latency_share=float(self.latency_share[t]),
+            self._context,
             cost_removed=1.0 - self._cost_model(self._keep + ones),
             cost_rest=float(shares[t + 1 :].sum()),
             previous_ratio=self._ratios[-1] if self._ratios else 0.0,
             target=self.config.target,
             required_ratio=self._floor,
+            names=self.feature_names,
+        )
+
+    @property
+    def _context(self) -> NetworkContext:
+        """The network-wide part of the observation (the shares change only at construction)."""
+        return NetworkContext(
+            num_units=self.num_units,
+            latency_share=self.latency_share,
+            macs_share=self.macs_share,
+            input_size=int(self.input_shape[-2]) if len(self.input_shape) == 3 else 1,
+            max_out_channels=max(u.out_channels for u in self.units),
         )
 
     def reset(
@@ -417,7 +438,7 @@ class ChannelPruningEnv(gym.Env):
         result = self.evaluate_strategy(strategy)
         self._calibrate(self._keep, result["latency_ratio"])
         info.update(result, model=self.model_name, latency_shares=self.latency_shares)
-        obs = np.zeros(NUM_FEATURES, dtype=np.float32)
+        obs = np.zeros(len(self.feature_names), dtype=np.float32)
         obs[0] = 1.0
         return obs, float(result["reward"]), True, False, info
 
