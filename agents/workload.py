@@ -12,20 +12,35 @@ from torch import nn
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.data import DataSplits, default_cache_dir, load_dataset
-from models.errors import DatasetError, RlpruneError, UnknownModelError
-from models.training import TrainConfig, get_base_model
+from models.errors import CheckpointError, DatasetError, RlpruneError, UnknownModelError
+from models.training import TrainConfig, evaluate, get_base_model
+from models.weights import load_weights
 from models.zoo import build_model
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A trained model, its data and the pruning environment built on them."""
+    """A trained model, its data and the pruning environment built on them.
+
+    ``base_info`` says where the model came from (see :func:`build_workload`).
+    """
 
     model_name: str
     model: nn.Module
     splits: DataSplits
     env: ChannelPruningEnv
     base_info: dict[str, Any]
+
+    @property
+    def weights(self) -> dict[str, str]:
+        """The user's weights file and its sha256 (keys ``weights``, ``weights_sha256``) for run
+        records; empty when the base model is rlprune's own."""
+        if self.base_info.get("source") != "weights":
+            return {}
+        return {
+            "weights": self.base_info["path"],
+            "weights_sha256": self.base_info["weights_sha256"],
+        }
 
 
 def load_splits(settings: dict[str, Any]) -> DataSplits:
@@ -71,6 +86,38 @@ def check_user_model(model_name: str, splits: DataSplits) -> None:
         ) from None
 
 
+def load_user_weights(
+    model_name: str, splits: DataSplits, settings: dict[str, Any], device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``settings["weights"]`` loaded into ``model_name`` and evaluated on the test split.
+
+    Returns:
+        ``(model on device, info)``: info as :func:`models.training.get_base_model`'s
+        (``test_acc``, ``source`` = ``"weights"``, ``path``) plus ``weights_sha256``.
+
+    Raises:
+        CheckpointError: The file does not load into the model, or its checksum is not
+            ``settings["weights_sha256"]`` when that is set.
+    """
+    check_user_model(model_name, splits)
+    loaded = load_weights(model_name, splits.input_shape, splits.num_classes, settings["weights"])
+    recorded = settings.get("weights_sha256")
+    if recorded and recorded != loaded.sha256:
+        raise CheckpointError(
+            f"weights file {loaded.path} changed since the run started (sha256 {recorded[:12]} "
+            f"recorded, {loaded.sha256[:12]} now); restore that file or start a new run"
+        )
+    model = loaded.model.to(device)
+    return model, {
+        "cached": False,
+        "train_time_s": 0.0,
+        "source": "weights",
+        "path": str(loaded.path),
+        "weights_sha256": loaded.sha256,
+        "test_acc": evaluate(model, splits.test, device),
+    }
+
+
 def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
     """The environment settings from a flat settings dict (the scripts' ``config.json``)."""
     return PruningEnvConfig(
@@ -98,26 +145,36 @@ def build_workload(
     settings: dict[str, Any],
     device: torch.device,
     *,
-    model: nn.Module | None = None,
     progress: bool = True,
 ) -> Workload:
-    """Train (or reuse from the cache) the base model and build its pruning environment.
+    """The base model (the user's weights, or trained / reused from the cache) and its env.
+
+    With ``settings["weights"]`` (a state_dict file, see :func:`models.weights.load_weights`)
+    no base model is trained: the file is loaded into ``model_name`` and evaluated on the test
+    split. ``settings["weights_sha256"]``, when set (a resumed run), must be the file's.
 
     Args:
         model_name: zoo name, torchvision name or ``module:callable``.
         splits: the dataset.
-        settings: flat settings (see :func:`env_config`, plus base_epochs, seed, cache_dir, and
-            latency_table: a table measured on another device that the search's latency comes
-            from; the env's own tables are kept in :func:`latency_tables_dir`).
+        settings: flat settings (see :func:`env_config`, plus weights, base_epochs, seed,
+            cache_dir, and latency_table: a table measured on another device that the search's
+            latency comes from; the env's own tables are kept in :func:`latency_tables_dir`).
         device: where the network runs and is timed.
-        model: an already trained model to use instead of the cached base model.
         progress: show training progress bars.
+
+    Returns:
+        The workload; its ``base_info`` holds ``source`` (``"weights"``, ``"cache"``,
+        ``"shipped"`` or ``"trained"``) and ``test_acc``, with the user's weights also ``path``
+        and ``weights_sha256``.
 
     Raises:
         UnknownModelError: Unknown model, or a user callable that fails.
+        CheckpointError: The weights file is unreadable, does not fit the model, or is not the
+            one the run recorded.
     """
-    info: dict[str, Any] = {"cached": True, "train_time_s": 0.0}
-    if model is None:
+    if settings.get("weights"):
+        model, info = load_user_weights(model_name, splits, settings, device)
+    else:
         check_user_model(model_name, splits)
         train_cfg = TrainConfig(seed=settings.get("seed", 0), progress=progress)
         if settings.get("base_epochs"):

@@ -30,11 +30,11 @@ from agents.finalize import (
 )
 from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
-from agents.workload import build_workload, check_user_model, load_splits
+from agents.workload import build_workload, load_splits
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
 from models.training import resolve_device
-from models.zoo import build_model, list_models
+from models.zoo import list_models
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,11 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--agent", required=False, help="agent.zip of a train_agent.py run, or its run directory"
     )
     common.add_data_args(p)
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="trained state_dict (.pt) for --model, instead of the cached/trained base model",
-    )
+    common.add_weights_arg(p)
     common.add_env_args(p)
     g = p.add_argument_group("agent")
     g.add_argument(
@@ -59,24 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--noise-sigma", type=float, default=0.25, help="warm-start exploration sigma")
     common.add_output_args(p)
     return p.parse_args(argv)
-
-
-def load_weights(name: str, path: str, splits) -> torch.nn.Module:
-    """``name`` built for the dataset, with the state_dict saved at ``path``."""
-    model = build_model(name, splits.input_shape, splits.num_classes)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
-    except FileNotFoundError:
-        raise CheckpointError(f"no weights file at {path}; check --weights") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to read the file is the user's fix
-        raise CheckpointError(
-            f"cannot load {path} into {name} for {splits.name} ({type(exc).__name__}); pass a "
-            "state_dict saved from the same architecture and class count"
-        ) from None
-    return model.eval()
 
 
 def agent_file(path: str) -> Path:
@@ -117,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     splits = load_splits(settings)
-    check_user_model(args.model, splits)
-    model = load_weights(args.model, args.weights, splits).to(device) if args.weights else None
-    work = build_workload(args.model, splits, settings, device, model=model, progress=progress)
+    work = build_workload(args.model, splits, settings, device, progress=progress)
     env = work.env
     agent = load_agent(agent_path, env)
     timings["base model + environment"] = time.perf_counter() - t0
+    common.print_weights(work)
     print(
         f"{args.model} on {splits.name}: {env.num_units} prunable units, base accuracy "
         f"{env.base_accuracy:.4f}, latency {env.base_latency_ms:.3f} ms; target {args.target} "
@@ -130,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {env.latency.describe()}")
     name = f"apply_{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
+    settings.update(work.weights)
     run_dir = common.claim_run_dir(args.output_dir, args.name or name, settings)
 
     t0 = time.perf_counter()
@@ -168,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=progress,
     )
     timings["fine-tune + evaluation"] = time.perf_counter() - t0
-    recipe = make_recipe(args.model, splits, work.model, settings, agent=str(agent_path))
+    recipe = make_recipe(
+        args.model, splits, work.model, settings, agent=str(agent_path), **work.weights
+    )
     path = save_deliverables(run_dir, rows, best["strategy"], recipe)
     title = f"rlprune agent {agent_path} applied to {args.model} on {splits.name}"
     latency = env.latency.describe()

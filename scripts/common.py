@@ -20,7 +20,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.workload import env_config  # noqa: E402
+from agents.workload import Workload, env_config  # noqa: E402
 from envs.backends import BACKENDS, check_backend  # noqa: E402
 from envs.latency_table import check_table_settings, load_table  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
@@ -59,6 +59,28 @@ def add_data_args(p: argparse.ArgumentParser, model_help: str | None = None) -> 
     )
     g.add_argument("--list-models", action="store_true", help="print the model names and exit")
     g.add_argument("--list-datasets", action="store_true", help="print the datasets and exit")
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    """--weights: the user's trained state_dict for --model, instead of a base model of rlprune."""
+    p.add_argument(
+        "--weights",
+        type=lambda path: str(Path(path).expanduser().absolute()),
+        default=None,
+        metavar="STATE_DICT.pt",
+        help="your trained weights for --model (torch.save(model.state_dict(), path)): no base "
+        "model is trained; the run records the file's sha256",
+    )
+
+
+def print_weights(work: Workload) -> None:
+    """Say which user weights a workload's original is (nothing when it is rlprune's own)."""
+    if work.weights:
+        path, sha = work.weights["weights"], work.weights["weights_sha256"]
+        print(
+            f"{work.model_name}: your weights {path} (sha256 {sha[:12]}), test accuracy "
+            f"{work.base_info['test_acc']:.4f}; no base model trained"
+        )
 
 
 def add_env_args(p: argparse.ArgumentParser) -> None:
@@ -248,6 +270,16 @@ def check_settings(settings: dict) -> None:
             raise RlpruneError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     if settings.get("fine_tune_epochs", 0) < 0:
         raise RlpruneError(f"--fine-tune-epochs must be >= 0, got {settings['fine_tune_epochs']}")
+    if settings.get("weights"):
+        if "," in settings.get("model", ""):
+            raise RlpruneError(
+                f"--weights fits one model, but --model names {settings['model']}; search one "
+                "model at a time with your weights"
+            )
+        if settings.get("base_epochs"):
+            raise RlpruneError(
+                "--base-epochs trains a base model, but --weights gives one; drop --base-epochs"
+            )
     if "target" in settings and not 0 < settings["target"] < 1:
         raise RlpruneError(
             f"--target must be a fraction of the original in (0, 1), got {settings['target']}"

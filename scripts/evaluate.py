@@ -1,19 +1,22 @@
 """Compare a saved pruned model with its original: accuracy, measured latency, MACs, params, size.
 
-The pruned model is rebuilt from its file alone (``load_pruned``); the original is the very base
-model it was pruned from, found in the base-model cache by the weights checksum its recipe
-records (``base_sha256``); when it is not there, evaluation stops with one line saying so.
-Latency is timed with both models interleaved, best of several passes, so both see the same load.
+The pruned model is rebuilt from its file alone (``load_pruned``) and fed its dataset normalised
+as its recipe records (the input shape, normalisation and class names are printed). The original
+is the very base model it was pruned from: your ``--weights`` file (or the one the recipe
+records, when a run was given ``--weights``), else found in the base-model cache by the weights
+checksum its recipe records (``base_sha256``); when it is not there, evaluation stops with one
+line saying so. Latency is timed with both models interleaved, best of several passes, so both
+see the same load.
 
     python scripts/evaluate.py runs/vgg_small_mnist5k_latency0.5_s0/pruned_model.pt
     python scripts/evaluate.py pruned.pt --device cpu --threads 1 --latency-batch-size 1
     python scripts/evaluate.py pruned.pt --json eval.json --train-original --base-epochs 8
+    python scripts/evaluate.py pruned.pt --weights my_trained.pt   # your original state_dict
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -26,9 +29,11 @@ from envs.backends import check_backend
 from envs.latency import LatencyConfig, LatencyStats, compare_latency
 from envs.latency_table import device_name
 from envs.pruning import count_cost
+from models.atomic import write_json_atomic
 from models.data import DataSplits, default_cache_dir
 from models.errors import CheckpointError, RlpruneError
 from models.training import TrainConfig, _cache_key, evaluate, get_base_model, resolve_device
+from models.weights import load_weights
 from models.zoo import build_model
 
 
@@ -50,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-dir", default=None, help="base-model cache (default $RLPRUNE_CACHE or ~/.cache)"
     )
     g.add_argument("--no-original", action="store_true", help="evaluate the pruned model only")
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="STATE_DICT.pt",
+        help="the original: your trained state_dict the model was pruned from (unset: the "
+        "file the recipe records if it is still there, else the base-model cache)",
+    )
     g.add_argument(
         "--train-original",
         action="store_true",
@@ -209,12 +222,51 @@ def load_recorded_original(
     if found is None:
         raise CheckpointError(
             f"{args.pruned_model} was pruned from a {name} (weights sha256 {sha[:12]}) that is "
-            f"not in {args.cache_dir or default_cache_dir()}; pass --cache-dir where it was "
-            "trained, --train-original with its --base-epochs/--base-seed, or --no-original"
+            f"not in {args.cache_dir or default_cache_dir()}; pass --weights with its state_dict, "
+            "--cache-dir where it was trained, --train-original with its --base-epochs/"
+            "--base-seed, or --no-original"
         )
     model, path = found
     print(f"original: {path} (weights sha256 {sha[:12]}, the model it was pruned from)")
     return model.to(device)
+
+
+def load_weights_original(
+    recipe: dict, splits: DataSplits, path: str | Path, pruned: Path, device: torch.device
+) -> nn.Module:
+    """The original from a user's state_dict file, checked to be the one ``pruned`` came from.
+
+    Raises:
+        CheckpointError: The file does not load into the recipe's model, or holds other weights
+            than the recipe's ``base_sha256``.
+    """
+    loaded = load_weights(recipe["model"], splits.input_shape, splits.num_classes, path)
+    sha = recipe.get("base_sha256")
+    if sha and state_dict_sha256(loaded.model.state_dict()) != sha:
+        raise CheckpointError(
+            f"weights file {loaded.path} is not the {recipe['model']} {pruned} was pruned from "
+            f"(that one's weights sha256 is {sha[:12]}); pass that file, or --no-original"
+        )
+    print(f"original: your weights {loaded.path} (file sha256 {loaded.sha256[:12]})")
+    return loaded.model.to(device)
+
+
+def describe_input(recipe: dict) -> str:
+    """What the pruned model takes and returns, from its recipe (for the printout)."""
+    shape = "x".join(map(str, recipe["input_shape"]))
+    names = recipe.get("class_names")
+    classes = f"{recipe['num_classes']} classes"
+    if names:
+        classes += f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+    pre = recipe.get("preprocessing")
+    if not pre:
+        return f"  input: {shape}; output: {classes}"
+    resize = f"resized to {pre['resize']} ({pre['resize_method']}), " if pre["resize"] else ""
+    return (
+        f"  input: {shape}, {resize}pixels / {pre['pixel_max']:g}, then per channel mean "
+        f"{[round(m, 4) for m in pre['mean']]} and std {[round(s, 4) for s in pre['std']]}; "
+        f"output: {classes}"
+    )
 
 
 def load_original(
@@ -271,12 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         args.pruned_model, args.dataset, args.data_dir, args.download, device
     )
     print(f"pruned model: {args.pruned_model} ({recipe['model']}, dataset {splits.name})")
+    print(describe_input(recipe))
     if "fine_tuned_epochs" in recipe:
         print(f"  fine-tuned for {recipe['fine_tuned_epochs']} epoch(s)")
 
     nets = {}
+    recorded_weights = recipe.get("weights")
     if not args.no_original:
-        if recipe.get("base_sha256"):
+        if args.weights is not None:
+            original = load_weights_original(
+                recipe, splits, args.weights, args.pruned_model, device
+            )
+        elif recorded_weights and Path(recorded_weights).is_file():
+            original = load_weights_original(
+                recipe, splits, recorded_weights, args.pruned_model, device
+            )
+        elif recipe.get("base_sha256"):
             original = load_recorded_original(recipe, splits, args, device)
         else:
             original = load_original(recipe["model"], splits, args, device)
@@ -317,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
                 "passes": args.passes,
                 "repeats": args.repeats,
             },
+            "input_shape": recipe["input_shape"],
+            "class_names": recipe.get("class_names"),
+            "preprocessing": recipe.get("preprocessing"),
             "pruned": rows["pruned"],
             "original": rows.get("original"),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
     return 0
 

@@ -3,9 +3,12 @@
 With no arguments: trains (or reuses) the default base model (vgg_small on the offline mnist5k
 dataset), searches per-unit pruning ratios for 50% of the original latency, exports the best
 pruned model, fine-tunes it briefly and compares it with uniform pruning at the same target.
+With ``--weights`` the network is yours: your trained state_dict for ``--model`` is the original
+(evaluated on the test split, no base model trained) and the run records the file's sha256.
 
     python scripts/train_agent.py
     python scripts/train_agent.py --model resnet20 --target 0.6 --episodes 400
+    python scripts/train_agent.py --model my_pkg.nets:build --weights mine.pt --dataset cifar10
     python scripts/train_agent.py --model vgg_small,resnet20   # one agent, episodes alternate
     python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0
     python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0 --episodes 500
@@ -49,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_data_args(
         p, "network(s) to prune: zoo/torchvision names or module:callable, comma-separated"
     )
+    common.add_weights_arg(p)
     common.add_env_args(p)
     g = p.add_argument_group("agent")
     g.add_argument(
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     works = [build_workload(n, splits, settings, device, progress=progress) for n in names]
     timings["base model(s) + environment"] = time.perf_counter() - t0
     for w in works:
+        common.print_weights(w)
         print(
             f"{w.model_name} on {splits.name}: {w.env.num_units} prunable units, base accuracy "
             f"(reward split) {w.env.base_accuracy:.4f}, latency {w.env.base_latency_ms:.3f} ms "
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
             name = args.name or name.replace(",", "+")
+            settings.update(works[0].weights)
             run_dir = common.claim_run_dir(args.output_dir, name, settings)
         agent = make_agent(env, agent_cfg, num_units=max_units)
         remaining = settings["episodes"]
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         timings[f"fine-tune + evaluation ({w.model_name})"] = time.perf_counter() - t0
-        recipe = make_recipe(w.model_name, splits, w.model, settings)
+        recipe = make_recipe(w.model_name, splits, w.model, settings, **w.weights)
         path = save_deliverables(run_dir, rows, final["strategy"], recipe, suffix=suffix)
         title = f"rlprune search: {w.model_name} on {splits.name}"
         latency = w.env.latency.describe()
