@@ -18,6 +18,12 @@ stopped. Writes ``results.md`` (tables), ``results.json`` and PNG plots into ``-
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
     python scripts/benchmark.py --reduced                # CIFAR-10 resnet20, 0.5, one seed
     python scripts/benchmark.py --throughput-only        # search cost vs units and reward split
+    python scripts/benchmark.py --quick --latency-backend onnxruntime \
+        --latency-backends torch,torchscript,onnxruntime  # searched in ORT, timed in all three
+
+``--latency-backend`` is the runtime every search times its candidates in and the final timing
+uses; ``--latency-backends`` also times every result in each of these runtimes (the cross-backend
+table of ``results.md``: does the strategy found for one runtime run fastest there?).
 
 CIFAR-10 tasks read ``imagefolder:../shared/data/cifar10/train`` when that folder exists,
 otherwise torchvision's ``cifar10`` under ``--data-dir`` (``--cifar10`` overrides both).
@@ -50,6 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents.ddpg import AgentConfig, make_agent  # noqa: E402
 from agents.search import run_search  # noqa: E402
 from agents.selection import SelectionConfig, select_strategy  # noqa: E402
+from envs.backends import check_backend  # noqa: E402
 from envs.baselines import (  # noqa: E402
     global_for_target,
     random_search,
@@ -124,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="default task, target 0.5, 1 seed, 60 episodes"
     )
     p.add_argument(
-        "--reduced", action="store_true", help="cifar10-resnet20, target 0.5, 1 seed (~1 hour)"
+        "--reduced",
+        action="store_true",
+        help="cifar10-resnet20, target 0.5, 1 seed, 150 episodes, reward split 1,000 images",
     )
     p.add_argument("--tasks", default=",".join(FULL_TASKS), help=f"of {', '.join(TASKS)}")
     p.add_argument("--targets", default="0.5,0.3", help="latency (and MACs) targets")
@@ -165,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-batch-size", type=int, default=16)
     p.add_argument("--latency-repeats", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--latency-passes", type=int, default=5, help="passes of the final timing")
+    common.add_latency_backend_arg(p)
+    p.add_argument(
+        "--latency-backends",
+        default="",
+        help="also time every result in each of these runtimes (comma-separated), for the "
+        "cross-backend table",
+    )
     p.add_argument("--throughput", action="store_true", help="also time search cost vs units/split")
     p.add_argument("--throughput-only", action="store_true", help="only the throughput section")
     p.add_argument("--throughput-episodes", type=int, default=10)
@@ -176,6 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.reduced:
         args.tasks, args.targets, args.seeds = "cifar10-resnet20", "0.5", "0"
         args.episodes, args.fine_tune_epochs = 150, 2
+        args.reward_samples = args.reward_samples or 1000
     return args
 
 
@@ -270,7 +287,10 @@ def search_strategy(
 ) -> dict[str, Any]:
     """Run one method; its best strategy, search seconds and per-episode history."""
     latency = LatencyConfig(
-        batch_size=args.latency_batch_size, repeats=args.latency_repeats, threads=args.threads
+        batch_size=args.latency_batch_size,
+        repeats=args.latency_repeats,
+        threads=args.threads,
+        backend=args.latency_backend,
     )
     cost = "macs" if method == "agent_macs" else "latency"
     env = make_env(model, splits, target, cost, latency, args.reconstruct)
@@ -338,13 +358,18 @@ def score(
 
 
 def time_together(
-    models: Mapping[str, nn.Module], input_shape: tuple[int, ...], args: argparse.Namespace
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, ...],
+    args: argparse.Namespace,
+    backend: str | None = None,
 ) -> dict[str, tuple[float, float, float]]:
-    """(latency ratio vs ``original``, spread, ms) of every model, timed interleaved."""
+    """(latency ratio vs ``original``, spread, ms) of every model, timed interleaved in
+    ``backend`` (default ``--latency-backend``)."""
     cfg = LatencyConfig(
         batch_size=args.latency_batch_size,
         repeats=max(args.latency_repeats, 30),
         threads=args.threads,
+        backend=backend or args.latency_backend,
     )
     stats = compare_latency(models, input_shape, cfg, passes=args.latency_passes)
     base = stats["original"].median_ms
@@ -370,12 +395,14 @@ def run_task_target(
     augment = task_name in AUGMENTED_TASKS
     rows, models = [], {"original": model}
     pruner = None
+    # Searches in another runtime are other cells (the eager cells keep their old names).
+    runtime = "" if args.latency_backend == "torch" else f"_{args.latency_backend}"
     for method in methods:
         deterministic = method not in SEARCH_METHODS
         found = None
         for seed in seeds:
             key = f"{method}/s{seed}"
-            cell = out / "cells" / f"{task_name}_t{target}_{method}_s{seed}.json"
+            cell = out / "cells" / f"{task_name}_t{target}_{method}{runtime}_s{seed}.json"
             if cell.is_file():
                 row = json.loads(cell.read_text())
                 if pruner is None:
@@ -385,7 +412,7 @@ def run_task_target(
                 print(f"  {task_name} t={target} {method} s{seed}: cached", flush=True)
                 continue
             if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
-                run_dir = out / "runs" / f"{task_name}_t{target}_{method}_s{seed}"
+                run_dir = out / "runs" / f"{task_name}_t{target}_{method}{runtime}_s{seed}"
                 found = search_strategy(method, model, splits, target, seed, args, run_dir)
             t0 = time.perf_counter()
             epochs = args.fine_tune_epochs if seed in ft_seeds else 0
@@ -411,6 +438,7 @@ def run_task_target(
                 "strategy": found["strategy"],
                 "history": found["history"] if not deterministic else [],
                 "units": found["env"].num_units,
+                "latency_backend": args.latency_backend,
             }
             write_text_atomic(cell, json.dumps(row, default=float))
             rows.append({**row, "key": key})
@@ -421,9 +449,13 @@ def run_task_target(
                 f"MACs x{accs['macs_ratio']:.2f}, search {found['search_s']:.0f} s",
                 flush=True,
             )
-    timed = time_together(models, splits.input_shape, args)
+    backends = list(dict.fromkeys([args.latency_backend, *csv_list(args.latency_backends)]))
+    timed = {b: time_together(models, splits.input_shape, args, b) for b in backends}
     for row in rows:
-        row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[row.pop("key")]
+        key = row.pop("key")
+        row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[backends[0]][key]
+        if args.latency_backends:
+            row["latency_ratio_by_backend"] = {b: timed[b][key][0] for b in backends}
     return rows
 
 
@@ -488,6 +520,25 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {mean_std([r['params_ratio'] for r in group])} "
             f"| {statistics.mean(searches) if searches else 0:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def cross_backend_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: each method's latency ratio timed in every runtime of ``--latency-backends``,
+    mean ± std over seeds; the search ran in ``search backend``."""
+    backends = list(rows[0]["latency_ratio_by_backend"])  # the same runtimes for every row
+    lines = [
+        "| task | target | method | search backend | "
+        + " | ".join(f"ratio in {b}" for b in backends)
+        + " |",
+        "|---" * (4 + len(backends)) + "|",
+    ]
+    keys = dict.fromkeys((r["task"], r["target"], r["method"]) for r in rows)
+    for task, target, method in keys:
+        group = [r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, method)]
+        ratios = [mean_std([r["latency_ratio_by_backend"][b] for r in group]) for b in backends]
+        search = group[0].get("latency_backend", "torch")
+        lines.append(f"| {task} | {target} | {method} | {search} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -596,7 +647,10 @@ def throughput_scaling(args: argparse.Namespace) -> str:
     """
     splits = load_dataset("mnist5k")
     latency = LatencyConfig(
-        batch_size=args.latency_batch_size, repeats=args.latency_repeats, threads=args.threads
+        batch_size=args.latency_batch_size,
+        repeats=args.latency_repeats,
+        threads=args.threads,
+        backend=args.latency_backend,
     )
     lines = [SPLIT_HEAD]
     cases = [(m, 500) for m in ("vgg_small", "resnet20", "resnet56", "mobilenetv2_small")]
@@ -630,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     targets, seeds = csv_list(args.targets, float), csv_list(args.seeds, int)
     check_choices(tasks, list(TASKS), "task")
     check_choices(methods, METHODS, "method")
+    for backend in [args.latency_backend, *csv_list(args.latency_backends)]:
+        check_backend(backend)
     if not seeds or not targets or args.episodes < 1:
         raise RlpruneError("need at least one seed, one target and --episodes >= 1")
     out = Path(args.output_dir)
@@ -682,6 +738,8 @@ def _write(
         "\n## Search throughput (per search run)\n",
         search_throughput_table(rows) if rows else "(no search run)",
     ]
+    if any("latency_ratio_by_backend" in r for r in rows):
+        text += ["\n## Latency ratio in each runtime (joint timing)\n", cross_backend_table(rows)]
     if scaling:
         text += ["\n## Search cost vs units and reward-split size (random actions)\n", scaling]
     write_text_atomic(out / "results.md", "\n".join(text) + "\n")
