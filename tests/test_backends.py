@@ -206,6 +206,16 @@ def test_table_estimate_matches_the_envs_per_layer_estimate(nets):
     assert table.latency_ms == pytest.approx(0.5 + sum(ms.values()))
 
 
+def test_calibration_points_map_the_linear_estimate(nets):
+    model, *_, pruner = nets
+    table = _table(model, {c.name: 1.0 for c in pruner.layer_costs})
+    assert table.corrected(0.4) == 0.4  # no points: the linear estimate as it is
+    table = LatencyTable(**{**table.__dict__, "calibration": ((0.25, 0.5), (0.5, 0.8))})
+    by_hand = {0.1: 0.2, 0.25: 0.5, 0.375: 0.65, 0.75: 0.9, 1.0: 1.0}
+    for estimate, measured in by_hand.items():
+        assert table.corrected(estimate) == pytest.approx(measured)
+
+
 def test_table_round_trip_and_reuse_equal_the_profile(digits_splits, digits_vgg_small, tmp_path):
     latency = LatencyConfig(warmup=1, repeats=5, threads=1, batch_size=4)
     cfg = PruningEnvConfig(cost="macs", latency=latency)  # the profile is measured all the same
@@ -235,7 +245,9 @@ def test_an_env_on_a_table_takes_its_latency_from_the_table(
     pruner = Pruner(env_model, torch.zeros(1, *digits_splits.input_shape))
     ms = {c.name: 0.2 * (i + 1) for i, c in enumerate(pruner.layer_costs)}
     table = _table(env_model, ms, overhead=0.3)
-    table = LatencyTable(**{**table.__dict__, "input_shape": digits_splits.input_shape})
+    table = LatencyTable(
+        **{**table.__dict__, "input_shape": digits_splits.input_shape, "calibration": ((0.2, 0.3),)}
+    )
     path = save_table(table, tmp_path / "phone.json")
     cfg = PruningEnvConfig(latency=LatencyConfig(threads=1, batch_size=16), calibrate=False)
     env = ChannelPruningEnv(
@@ -247,8 +259,9 @@ def test_an_env_on_a_table_takes_its_latency_from_the_table(
     strategy = {u.name: 0.5 for u in env.units}
     result = env.evaluate_strategy(strategy, with_accuracy=False)
     keep = env.pruner.keep_fractions(strategy)
-    expected = (0.3 + estimate_cost(env.layer_costs, keep, per_layer=ms)) / env.base_latency_ms
-    assert result["latency_ratio"] == pytest.approx(expected, rel=1e-9)
+    linear = (0.3 + estimate_cost(env.layer_costs, keep, per_layer=ms)) / env.base_latency_ms
+    assert 0.2 < linear < 1  # between the measured point (0.2 -> 0.3) and (1, 1):
+    assert result["latency_ratio"] == pytest.approx(0.3 + 0.7 * (linear - 0.2) / 0.8, rel=1e-9)
     assert "the table" in env.latency.describe() and str(path) in env.latency.describe()
 
 
@@ -333,20 +346,28 @@ def test_train_agent_in_onnxruntime_then_on_its_table(tmp_path):
     best = json.loads((out / "ort" / "best_strategy.json").read_text())
     assert best["latency_ratio"] > 0
 
-    # The table measured above, as if it came from another device: nothing is timed in search.
+    # A table measured "on the device" by the script, searched with here: nothing is timed.
+    phone = tmp_path / "phone.json"
+    proc = _run("latency_table.py", "--dataset", "digits", "--latency-backend", "onnxruntime",
+                "--latency-batch-size", "8", "--latency-repeats", "5", "--round-to", "8",
+                "--calibration-ratios", "0.5", "--output", str(phone), cache=cache)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    made = load_table(phone)
+    assert len(made.calibration) == 1 and made.calibration[0][0] < 1
+    assert made.architecture == table.architecture  # built untrained: the same architecture
     proc = _run("train_agent.py", *TINY, "--latency-backend", "onnxruntime",
-                "--latency-table", str(tables[0]), "--output-dir", str(out), "--name", "table",
+                "--latency-table", str(phone), "--output-dir", str(out), "--name", "table",
                 cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (out / "table" / "report.md").read_text()
-    assert f"search latency from the table {tables[0]}" in report
+    assert f"search latency from the table {phone}" in report
     assert "final latencies timed here with onnxruntime on cpu" in report
 
     # Another backend than the table's: refused before any work, in one line.
-    proc = _run("train_agent.py", *TINY, "--latency-table", str(tables[0]),
+    proc = _run("train_agent.py", *TINY, "--latency-table", str(phone),
                 "--output-dir", str(out), cache=cache)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: latency table {tables[0]} was measured for backend")
+    assert proc.stderr.startswith(f"error: latency table {phone} was measured for backend")
     assert proc.stderr.strip().count("\n") == 0
 
 
