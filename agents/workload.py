@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from envs.features import DEFAULT_FEATURES, check_features
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.data import DataSplits, default_cache_dir, load_dataset
@@ -130,6 +131,7 @@ def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
         round_to=settings.get("round_to"),
         bn_batches=settings["bn_batches"],
         reconstruct=settings.get("reconstruct", False),
+        features=feature_names(settings.get("features")),
         latency=LatencyConfig(
             batch_size=settings["latency_batch_size"],
             repeats=settings["latency_repeats"],
@@ -137,6 +139,14 @@ def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
             backend=settings.get("latency_backend", "torch"),
         ),
     )
+
+
+def feature_names(value: str | list[str] | None) -> tuple[str, ...]:
+    """``--features`` (comma-separated, a list from config.json, or None: the default set)."""
+    if value is None:
+        return DEFAULT_FEATURES
+    names = value.split(",") if isinstance(value, str) else value
+    return check_features([n.strip() for n in names if n.strip()])
 
 
 def build_workload(

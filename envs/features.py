@@ -172,4 +172,3 @@ def unit_features(
         "needed_cut": max(current - target, 0.0) / current if current > 1e-9 else 0.0,
     }
     return np.clip(np.asarray([values[k] for k in names], dtype=np.float32), 0.0, 1.0)
-

@@ -106,6 +106,12 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refit input-pruned layers by AMC's least squares before BN recalibration",
     )
+    g.add_argument(
+        "--features",
+        default=None,
+        help="comma-separated observation features (default: all of envs.features.ALL_FEATURES; "
+        "a subset for ablations)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of agent, base model and fine-tune")
     g = p.add_argument_group("latency")
     g.add_argument(

@@ -1,31 +1,44 @@
-"""How well does a trained agent transfer? Zero-shot vs warm start vs from scratch vs uniform.
+"""How well does a trained agent transfer? Zero-shot vs warm start vs from scratch vs random search.
 
-For each network: the agent's zero-shot strategy, a warm-started search of ``--episodes`` from
-the agent, a from-scratch search with the same number of episodes, and uniform pruning, all at
-the same target; every pruned model is BN-recalibrated, evaluated, fine-tuned the same way, and
-timed interleaved with the others. Prints one Markdown table and writes it to ``--output-dir``.
+For each network the agent never saw, at the same target: the agent's zero-shot strategy (one
+deterministic episode), a warm-started search of ``--episodes`` (N) from the agent, from-scratch
+searches of N and 3N episodes, EagleEye-style random search (``sampled``) of N episodes, and
+uniform pruning. The stochastic methods run once per seed of ``--seeds``. Every strategy is
+BN-recalibrated, evaluated (reward and test split), fine-tuned the same way and timed interleaved
+with the original and the others (best of several passes). Writes ``transfer.md`` (means and
+spreads over seeds) and ``transfer.json`` (every row) into the run directory.
 
     python scripts/transfer_study.py --agent runs/RUN/agent.zip \\
-        --models mobilenet_v3_small,mnasnet0_5,squeezenet1_1 --episodes 30
+        --models resnet18,mobilenet_v2,mnasnet0_5 --episodes 50 --seeds 0,1,2
+
+The env observes the features the agent was trained on (``--features`` is taken from the agent).
+Searches report their best episode (no final re-scoring: the env's result cache is shared by the
+methods of one network, so its top-k would mix them).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import common
 import torch
 
-from agents.ddpg import AgentConfig, load_agent, make_agent
+from agents.ddpg import AgentConfig, load_agent, make_agent, saved_features
 from agents.finalize import compare_strategies
 from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
-from envs.baselines import uniform_for_target
+from envs.baselines import sampled_search, uniform_for_target
+from models.atomic import write_json_atomic, write_text_atomic
 from models.errors import RlpruneError
 from models.training import resolve_device
+
+#: Methods in table order; those with a seed suffix run once per seed.
+METHODS = ("zero-shot", "warm-start N", "scratch N", "scratch 3N", "sampled N", "uniform")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,79 +50,165 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", required=True, help="comma-separated networks the agent never saw")
     common.add_data_args(p)
     common.add_env_args(p)
-    p.add_argument("--episodes", type=int, default=30, help="episodes of warm start and scratch")
+    p.add_argument("--episodes", type=int, default=50, help="N: episodes of warm start etc.")
+    p.add_argument("--seeds", default="0", help="seeds of the stochastic methods, e.g. 0,1,2")
     common.add_output_args(p)
     return p.parse_args(argv)
 
 
-def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) -> list[str]:
-    """Table lines for one network."""
+def search_strategies(env, agent_path: str, episodes: int, seed: int, run_dir: Path) -> dict:
+    """Strategy and policy seconds of every stochastic method for one seed."""
+    out: dict[str, tuple[dict, float]] = {}
+    t0 = time.perf_counter()
+    agent = load_agent(agent_path, env)
+    prepare_warm_start(agent, seed=seed)
+    warm = run_search(
+        agent, run_dir / f"warm_s{seed}", episodes, max_units=env.num_units, progress=False
+    )
+    out["warm-start N"] = (warm.best["strategy"], time.perf_counter() - t0)
+    for label, n in (("scratch N", episodes), ("scratch 3N", 3 * episodes)):
+        t0 = time.perf_counter()
+        config = AgentConfig(warmup_episodes=max(n // 3, 1), seed=seed, episodes=n)
+        scratch = make_agent(env, config, num_units=env.num_units)
+        result = run_search(
+            scratch,
+            run_dir / f"{label.replace(' ', '_')}_s{seed}",
+            n,
+            max_units=env.num_units,
+            progress=False,
+        )
+        out[label] = (result.best["strategy"], time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    out["sampled N"] = (sampled_search(env, episodes, seed)["strategy"], time.perf_counter() - t0)
+    return out
+
+
+def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) -> list[dict]:
+    """One row per (method, seed) for network ``name``."""
     settings = vars(args)
     work = build_workload(name, splits, settings, device, progress=not args.no_progress)
     env = work.env
+    seeds = _seeds(args.seeds)
     t0 = time.perf_counter()
     agent = load_agent(args.agent, env)
-    strategies = {"zero-shot": rollout(agent, env, seed=args.seed)["strategy"]}
-    prepare_warm_start(agent, seed=args.seed)
-    warm = run_search(
-        agent, run_dir / f"{name}_warm", args.episodes, max_units=env.num_units, progress=False
-    )
-    strategies["warm-start"] = warm.best["strategy"]
-    scratch_cfg = AgentConfig(warmup_episodes=max(args.episodes // 3, 1), seed=args.seed)
-    scratch = make_agent(env, scratch_cfg, num_units=env.num_units)
-    result = run_search(
-        scratch, run_dir / f"{name}_scratch", args.episodes, max_units=env.num_units, progress=False
-    )
-    strategies["scratch"] = result.best["strategy"]
+    zero = rollout(agent, env, seed=seeds[0])["strategy"]
+    strategies: dict[str, dict] = {"zero-shot": zero}
+    seconds = {"zero-shot": time.perf_counter() - t0}
     strategies["uniform"] = uniform_for_target(env)["strategy"]
+    labels = {"zero-shot": ("zero-shot", None), "uniform": ("uniform", None)}
+    for seed in seeds:
+        for method, (strategy, secs) in search_strategies(
+            env, args.agent, args.episodes, seed, run_dir / name
+        ).items():
+            key = f"{method} s{seed}"
+            strategies[key], seconds[key], labels[key] = strategy, secs, (method, seed)
     rows = compare_strategies(
         env,
         strategies,
         splits,
         fine_tune_epochs=args.fine_tune_epochs,
-        seed=args.seed,
+        seed=seeds[0],
         progress=False,
     )
     base = rows[0]
-    lines = []
+    out = []
     for row in rows[1:]:
-        reward_acc = env.evaluate_strategy(strategies[row.name])["accuracy"]
-        lines.append(
-            f"| {name} | {env.num_units} | {row.name} | {reward_acc:.4f} | {row.test_acc:.4f} | "
-            f"{row.test_acc_finetuned:.4f} | {row.latency_ms / base.latency_ms:.3f} | "
-            f"{row.macs / base.macs:.3f} |"
+        method, seed = labels[row.name]
+        out.append(
+            {
+                "network": name,
+                "units": env.num_units,
+                "method": method,
+                "seed": seed,
+                "reward_acc": env.evaluate_strategy(strategies[row.name])["accuracy"],
+                "test_acc": row.test_acc,
+                "test_acc_ft": row.test_acc_finetuned,
+                "latency_ratio": row.latency_ms / base.latency_ms,
+                "macs_ratio": row.macs / base.macs,
+                "policy_s": seconds.get(row.name),
+                "base_test_acc": base.test_acc,
+            }
         )
-    print("\n".join(lines), flush=True)
-    print(f"  ({name}: {time.perf_counter() - t0:.0f} s, original test acc {base.test_acc:.4f})")
+    print(
+        f"  ({name}: {time.perf_counter() - t0:.0f} s, original test acc {base.test_acc:.4f})",
+        flush=True,
+    )
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise RlpruneError(f"--seeds must be comma-separated integers, got '{text}'") from None
+    if not seeds:
+        raise RlpruneError("--seeds names no seed")
+    return seeds
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one line per (network, method), mean ± sd over seeds."""
+    lines = [
+        "| network | units | method | seeds | reward acc (BN-recal.) | test acc (BN-recal.) | "
+        "test acc (fine-tuned) | latency ratio | MACs ratio | policy s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for network in dict.fromkeys(r["network"] for r in rows):
+        for method in METHODS:
+            group = [r for r in rows if r["network"] == network and r["method"] == method]
+            if not group:
+                continue
+            cols = [
+                _mean_sd([r[k] for r in group])
+                for k in ("reward_acc", "test_acc", "test_acc_ft", "latency_ratio", "macs_ratio")
+            ]
+            secs = [r["policy_s"] for r in group if r["policy_s"] is not None]
+            policy = f"{statistics.mean(secs):.1f}" if secs else "-"
+            lines.append(
+                f"| {network} | {group[0]['units']} | {method} | {len(group)} | "
+                + " | ".join(cols)
+                + f" | {policy} |"
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
+    _seeds(args.seeds)
+    if args.episodes < 1:
+        raise RlpruneError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.features is None:  # observe what the agent was trained on
+        features = saved_features(args.agent)
+        args.features = ",".join(features) if features else None
+    torch.manual_seed(0)
     device = resolve_device(args.device)
     splits = load_splits(vars(args))
     run_dir = common.new_run_dir(args.output_dir, args.name or f"transfer_{args.dataset}")
     run_dir.mkdir(parents=True)
     header = [
-        f"Agent {args.agent}, {splits.name}, target {args.target} of {args.cost}, "
-        f"{args.episodes} episodes for warm start and scratch, {args.fine_tune_epochs} "
-        "fine-tune epochs; latency and MACs are ratios to the original, timed interleaved.",
+        f"Agent {args.agent}, {splits.name}, target {args.target} of {args.cost}, N = "
+        f"{args.episodes} episodes, seeds {args.seeds}, {args.fine_tune_epochs} fine-tune "
+        "epochs; latency and MACs are ratios to the original, timed interleaved.",
         "",
-        "| network | units | method | reward acc (BN-recal.) | test acc (BN-recal.) | "
-        "test acc (fine-tuned) | latency ratio | MACs ratio |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    print("\n".join(header), flush=True)
-    lines = list(header)
+    rows: list[dict] = []
+    failures: list[str] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         try:
-            lines += study(name, args, splits, device, run_dir)
+            rows += study(name, args, splits, device, run_dir)
         except RlpruneError as exc:  # one network's failure must not lose the others' rows
-            lines.append(f"| {name} | - | not run: {exc} | | | | | |")
-            print(lines[-1], flush=True)
-        (run_dir / "transfer.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwritten: {run_dir / 'transfer.md'}")
+            failures.append(f"- {name}: not run: {exc}")
+            print(failures[-1], flush=True)
+        write_json_atomic(run_dir / "transfer.json", {"settings": vars(args), "rows": rows})
+        text = "\n".join(header + table(rows) + [""] + failures) + "\n"
+        write_text_atomic(run_dir / "transfer.md", text)
+    print(text + f"\nwritten: {run_dir / 'transfer.md'}")
     return 0
 
 

@@ -83,7 +83,9 @@ def test_edge_values_are_clipped_and_neighbours_absent_at_the_ends() -> None:
     last = _features(_unit(3), context, cost_removed=0.6, cost_rest=0.0)
     assert last["next_relative_share"] == 0.0
     assert last["needed_cut"] == 0.0  # 0.6 removed already meets the 0.5 target
-    assert _features(_unit(3), context, cost_removed=0.0, target=0.1)["needed_cut"] == pytest.approx(0.9)
+    assert _features(_unit(3), context, cost_removed=0.0, target=0.1)[
+        "needed_cut"
+    ] == pytest.approx(0.9)
 
 
 def test_features_are_selected_by_name_in_order() -> None:

@@ -99,11 +99,37 @@ def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
 
 
 def test_transfer_study_table(trained_run, tmp_path):
-    proc = run_agent_on_resnet20("transfer_study.py", "--models", trained_run, tmp_path)
+    run_dir, _, cache = trained_run
+    args = ["--agent", str(run_dir / "agent.zip"), "--models", "resnet20", *TINY]
+    proc = run(
+        "transfer_study.py",
+        *args,
+        "--episodes",
+        "2",
+        "--seeds",
+        "0,1",
+        "--output-dir",
+        str(tmp_path),
+        cache=cache,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    table = (tmp_path / "transfer_digits" / "transfer.md").read_text()
-    for method in ("zero-shot", "warm-start", "scratch", "uniform"):
-        assert f"| resnet20 | 12 | {method} |" in table
+    out = tmp_path / "transfer_digits"
+    rows = json.loads((out / "transfer.json").read_text())["rows"]
+    seeds = {
+        m: sorted(r["seed"] for r in rows if r["method"] == m) for m in {r["method"] for r in rows}
+    }
+    # deterministic methods once, the searches once per seed
+    assert seeds == {
+        "zero-shot": [None],
+        "uniform": [None],
+        "warm-start N": [0, 1],
+        "scratch N": [0, 1],
+        "scratch 3N": [0, 1],
+        "sampled N": [0, 1],
+    }
+    table = (out / "transfer.md").read_text()
+    for method, n in (("zero-shot", 1), ("warm-start N", 2), ("scratch 3N", 2), ("uniform", 1)):
+        assert f"| resnet20 | 12 | {method} | {n} |" in table
 
 
 @pytest.mark.parametrize(
