@@ -153,6 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="every evaluation refits input-pruned layers (AMC's least squares) before BN recal.",
     )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="keep channel counts multiples of N in every method (8: aligned widths, where CPU "
+        "and ONNX Runtime latency fall with the MACs)",
+    )
     p.add_argument("--fine-tune-epochs", type=int, default=5, help="same for every method")
     p.add_argument(
         "--fine-tune-seeds",
@@ -270,9 +277,12 @@ def make_env(
     cost: str,
     latency: LatencyConfig,
     reconstruct: bool = False,
+    round_to: int | None = None,
 ) -> ChannelPruningEnv:
     """A fresh pruning env (own latency cache and calibration) for one method and seed."""
-    cfg = PruningEnvConfig(target=target, cost=cost, latency=latency, reconstruct=reconstruct)
+    cfg = PruningEnvConfig(
+        target=target, cost=cost, latency=latency, reconstruct=reconstruct, round_to=round_to
+    )
     return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg)
 
 
@@ -293,7 +303,7 @@ def search_strategy(
         backend=args.latency_backend,
     )
     cost = "macs" if method == "agent_macs" else "latency"
-    env = make_env(model, splits, target, cost, latency, args.reconstruct)
+    env = make_env(model, splits, target, cost, latency, args.reconstruct, args.round_to)
     start = time.perf_counter()
     if method == "uniform":
         result = uniform_for_target(env)
@@ -397,6 +407,7 @@ def run_task_target(
     pruner = None
     # Searches in another runtime are other cells (the eager cells keep their old names).
     runtime = "" if args.latency_backend == "torch" else f"_{args.latency_backend}"
+    runtime += f"_r{args.round_to}" if args.round_to else ""  # aligned widths: other cells too
     for method in methods:
         deterministic = method not in SEARCH_METHODS
         found = None
@@ -406,7 +417,9 @@ def run_task_target(
             if cell.is_file():
                 row = json.loads(cell.read_text())
                 if pruner is None:
-                    pruner = Pruner(model, torch.zeros(1, *splits.input_shape))
+                    pruner = Pruner(
+                        model, torch.zeros(1, *splits.input_shape), round_to=args.round_to
+                    )
                 models[key] = pruner.apply(row["strategy"])
                 rows.append({**row, "key": key})
                 print(f"  {task_name} t={target} {method} s{seed}: cached", flush=True)

@@ -74,6 +74,47 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
         )
 
 
+def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
+    """--round-to 8: each delivered model keeps multiples of 8 channels in every conv that is wide
+    enough (vgg_small on digits: 32-64-128), read off the rebuilt models' layers."""
+    out = tmp_path / "bench"
+    flags = (
+        "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
+        "--warmup", "1", "--fine-tune-epochs", "0", "--latency-repeats", "3",
+        "--latency-passes", "1", "--no-progress", "--methods", "uniform,sampled",
+        "--select-top-k", "1", "--round-to", "8", "--output-dir", str(out),
+    )  # fmt: skip
+    proc = _run(*flags, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "cells").iterdir()) == [
+        "tiny_t0.8_sampled_r8_s0.json",
+        "tiny_t0.8_uniform_r8_s0.json",
+    ]
+    import torch
+
+    from envs.pruning import Pruner, count_cost
+    from models.data import load_dataset
+    from models.training import TrainConfig, get_base_model
+
+    splits = load_dataset("digits")
+    model, _ = get_base_model(
+        "vgg_small", splits, config=TrainConfig(epochs=2, progress=False),
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    x = torch.zeros(1, *splits.input_shape)
+    base, _ = count_cost(model, x)
+    aligned, plain = Pruner(model, x, round_to=8), Pruner(model, x)
+    for row in json.loads((out / "results.json").read_text())["rows"]:
+        pruned = aligned.apply(row["strategy"])
+        convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(c.out_channels % 8 == 0 for c in convs), [c.out_channels for c in convs]
+        # the benchmark scored the aligned model, not the strategy pruned to any width
+        assert row["macs_ratio"] == pytest.approx(count_cost(pruned, x)[0] / base)
+        assert row["macs_ratio"] != pytest.approx(
+            count_cost(plain.apply(row["strategy"]), x)[0] / base
+        )
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
