@@ -17,19 +17,17 @@ from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.training import evaluate, fine_tune
 
 
+def _search(splits, model, cost: str):
+    """A 10-episode sampled search at 0.5 of ``cost``; its "latency" is the MACs ratio."""
+    cfg = PruningEnvConfig(cost=cost, target=0.5, bn_batches=2)
+    latency = MacsLatency(model, splits.input_shape)
+    env = ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
+    return env, sampled_search(env, episodes=10, seed=0)
+
+
 @pytest.fixture(scope="module")
 def searched(digits_splits, digits_vgg_small):
-    model = digits_vgg_small
-    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
-    env = ChannelPruningEnv(
-        model,
-        digits_splits.train,
-        digits_splits.reward_val,
-        cfg,
-        latency=MacsLatency(model, digits_splits.input_shape),
-    )
-    result = sampled_search(env, episodes=10, seed=0)
-    return env, result
+    return _search(digits_splits, digits_vgg_small, "macs")
 
 
 def test_top_results_are_distinct_best_first_and_on_target(searched) -> None:
@@ -70,17 +68,7 @@ def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> N
 @pytest.fixture(scope="module")
 def searched_latency(digits_splits, digits_vgg_small):
     """A search under a latency target whose "latency" is the MACs ratio (deterministic)."""
-    model = digits_vgg_small
-    cfg = PruningEnvConfig(cost="latency", target=0.5, bn_batches=2)
-    env = ChannelPruningEnv(
-        model,
-        digits_splits.train,
-        digits_splits.reward_val,
-        cfg,
-        latency=MacsLatency(model, digits_splits.input_shape),
-    )
-    sampled_search(env, episodes=10, seed=0)
-    return env
+    return _search(digits_splits, digits_vgg_small, "latency")[0]
 
 
 def macs_timer(slow: dict[int, float]):
@@ -93,7 +81,9 @@ def macs_timer(slow: dict[int, float]):
         x = torch.zeros(1, 1, 8, 8)
         base, _ = count_cost(models["original"], x)
         return {
-            name: count_cost(m, x)[0] / base * slow.get(int(name[1:]) if name != "original" else -1, 1.0)
+            name: count_cost(m, x)[0]
+            / base
+            * slow.get(int(name[1:]) if name != "original" else -1, 1.0)
             for name, m in models.items()
         }
 
