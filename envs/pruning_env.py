@@ -283,6 +283,14 @@ class ChannelPruningEnv(gym.Env):
         self._full_latency = self._latency_estimate_ms([1.0] * self.num_units)
         self.macs_share = self._unit_shares(self.macs_estimate)
         self.latency_share = self._unit_shares(self._raw_latency_estimate)
+        # The network-wide part of every observation (the shares change only here).
+        self._context = NetworkContext(
+            num_units=self.num_units,
+            latency_share=self.latency_share,
+            macs_share=self.macs_share,
+            input_size=int(self.input_shape[-2]) if len(self.input_shape) == 3 else 1,
+            max_out_channels=max(u.out_channels for u in self.units),
+        )
         shares = zip(self.units, self.latency_share, strict=True)
         self.latency_shares = {u.name: float(s) for u, s in shares}
         self.calibration = 1.0  # slope k of: measured = 1 - k * (1 - estimated)
@@ -395,17 +403,6 @@ class ChannelPruningEnv(gym.Env):
             target=self.config.target,
             required_ratio=self._floor,
             names=self.feature_names,
-        )
-
-    @property
-    def _context(self) -> NetworkContext:
-        """The network-wide part of the observation (the shares change only at construction)."""
-        return NetworkContext(
-            num_units=self.num_units,
-            latency_share=self.latency_share,
-            macs_share=self.macs_share,
-            input_size=int(self.input_shape[-2]) if len(self.input_shape) == 3 else 1,
-            max_out_channels=max(u.out_channels for u in self.units),
         )
 
     def reset(
