@@ -205,15 +205,20 @@ class SearchCallback(BaseCallback):
                 self.bests[model] = best
 
     def _on_step(self) -> bool:
-        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
-            if done and info.get("accuracy") is not None:
-                self._on_episode_end(info)
+        ended = [
+            info
+            for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True)
+            if done and info.get("accuracy") is not None
+        ]
+        if ended:  # episodes of parallel envs end together: each is given its share of the time
+            seconds = (time.perf_counter() - self._episode_start) / len(ended)
+            self._episode_start = time.perf_counter()
+        for info in ended:
+            self._on_episode_end(info, seconds)
         return True
 
-    def _on_episode_end(self, info: dict[str, Any]) -> None:
+    def _on_episode_end(self, info: dict[str, Any], seconds: float) -> None:
         self.episode += 1
-        seconds = time.perf_counter() - self._episode_start
-        self._episode_start = time.perf_counter()
         model = info.get("model", "model")
         if info["reward"] > self.best_reward(model):
             self.bests[model] = {
@@ -244,8 +249,10 @@ class SearchCallback(BaseCallback):
             self._log_heatmaps()
 
     def _on_rollout_start(self) -> None:
-        # Between episodes: the last one is stored in the buffer and trained on.
-        if self.episode % self.checkpoint_every == 0 and self.episode != self._saved_episode:
+        # Between episodes: the last one is stored in the buffer and trained on. With N parallel
+        # envs the count moves N at a time, so a checkpoint is due once a multiple is passed.
+        every = self.checkpoint_every
+        if self._saved_episode is None or self.episode // every > self._saved_episode // every:
             self.save_checkpoint()
 
     def _log_best(self, model: str) -> None:

@@ -125,12 +125,12 @@ def drop_partial_episode(agent: AMCDDPG) -> int:
     """Forget the transitions of an unfinished episode held by the replay buffer.
 
     They would otherwise be written with the *next* episode's reward. Returns their number
-    (also taken off the agent's step count).
+    (also taken off the agent's step count; with several envs, the steps of every env).
     """
     pending = getattr(agent.replay_buffer, "_pending", None)  # EpisodeRewardBuffer's episode
     if not pending:
         return 0
-    count = len(pending)
+    count = len(pending) * agent.n_envs
     pending.clear()
     agent.num_timesteps = max(agent.num_timesteps - count, 0)
     return count

@@ -14,10 +14,17 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps).
+
+With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
+every env, the envs' episodes end together (one network: every episode has its number of units),
+each env's transitions get its own final reward, the noise counts the episodes of all envs, and the
+warm-up draws its random actions episode by episode, so it evaluates the strategies a single env's
+warm-up evaluates.
 """
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +35,10 @@ import numpy as np
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.common.vec_env import VecEnv
 
 from envs.features import FEATURES_VERSION
 from models.errors import CheckpointError
@@ -116,15 +124,14 @@ def budget_noise_decay(sigma: float, final: float, exploit_episodes: int) -> flo
 class EpisodeRewardBuffer(ReplayBuffer):
     """Replay buffer that credits an episode's final reward to all of its transitions (AMC).
 
-    Transitions are held until the episode ends (single environment), then written with the final
-    reward and ``done=True``. :meth:`sample` subtracts a moving average of sampled rewards (AMC's
-    baseline) from the rewards it returns.
+    Transitions are held until the episode ends, then written with the final reward and
+    ``done=True``. With several envs (``n_envs``) their episodes must end together (equal lengths),
+    and each env's transitions get that env's final reward. :meth:`sample` subtracts a moving
+    average of sampled rewards (AMC's baseline) from the rewards it returns.
     """
 
     def __init__(self, *args: Any, baseline_alpha: float = 0.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.n_envs != 1:
-            raise ValueError("EpisodeRewardBuffer supports a single environment")
         self.baseline_alpha = baseline_alpha
         self.baseline: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
@@ -139,11 +146,17 @@ class EpisodeRewardBuffer(ReplayBuffer):
         infos: list[dict[str, Any]],
     ) -> None:
         self._pending.append((np.array(obs), np.array(next_obs), np.array(action), infos))
-        if not bool(np.asarray(done).reshape(-1)[0]):
+        done = np.asarray(done).reshape(-1)
+        if not done.any():
             return
-        final = np.asarray(reward, dtype=np.float32).reshape(1)
+        if not done.all():
+            raise ValueError(
+                "EpisodeRewardBuffer needs the episodes of all envs to end together (equal "
+                f"lengths); these ended: {done.tolist()}"
+            )
+        final = np.asarray(reward, dtype=np.float32).reshape(self.n_envs)
         for o, next_o, a, info in self._pending:
-            super().add(o, next_o, a, final, np.ones(1, dtype=np.float32), info)
+            super().add(o, next_o, a, final, np.ones(self.n_envs, dtype=np.float32), info)
         self._pending = []
 
     def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
@@ -190,6 +203,23 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         self.episode += 1
 
 
+class SharedNoise(VectorizedActionNoise):
+    """One exploration noise for all envs, counting the episodes of all of them.
+
+    SB3's :class:`VectorizedActionNoise` copies the noise per env: each copy would count only its
+    env's episodes (sigma decaying N times slower) and draw the same numbers as the others.
+    """
+
+    def __init__(self, noise: ActionNoise, n_envs: int) -> None:
+        super().__init__(noise, n_envs)
+        self._noises = [noise] * n_envs  # not through the setter: it resets (counts) each one
+
+    def reset(self, indices: Any = None) -> None:
+        """One episode per index ended (SB3 passes none once, when learning starts)."""
+        for _ in [0] if indices is None else indices:
+            self.base_noise.reset()
+
+
 class AMCDDPG(DDPG):
     """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration.
 
@@ -202,7 +232,11 @@ class AMCDDPG(DDPG):
         self.actor_lr, self.critic_lr = actor_lr, critic_lr
         self.observation_features: list[str] | None = None
         self.features_version: int | None = None
+        self._warmup_actions: list[np.ndarray] = []
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_warmup_actions"]
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         update_learning_rate(self.actor.optimizer, self.actor_lr)
@@ -213,23 +247,56 @@ class AMCDDPG(DDPG):
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
+        noise = action_noise.base_noise if isinstance(action_noise, SharedNoise) else action_noise
+        if self.num_timesteps < learning_starts and n_envs > 1:
+            return self._warmup_action(noise, n_envs)
         if self.num_timesteps < learning_starts or not isinstance(
-            action_noise, DecayingTruncatedNormalNoise
+            noise, DecayingTruncatedNormalNoise
         ):
             return super()._sample_action(learning_starts, action_noise, n_envs)
         action, _ = self.predict(self._last_obs, deterministic=True)
         scaled = self.policy.scale_action(action)
-        scaled = np.stack([action_noise.sample_around(row) for row in scaled])
+        scaled = np.stack([noise.sample_around(row) for row in scaled])
         return self.policy.unscale_action(scaled), scaled
+
+    def _warmup_action(
+        self, noise: ActionNoise | None, n_envs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Random actions of ``n_envs`` envs, drawn a whole episode per env at a round's start.
+
+        A single env draws one episode's actions after the other; drawing them in that order
+        (not step by step across envs) gives the envs the episodes a single env would have had.
+        A rollout is one episode per env (:func:`make_agent`), ``train_freq`` steps long.
+        """
+        steps = self.train_freq.frequency
+        if (self.num_timesteps // n_envs) % steps == 0:
+            episodes = [[self._random_action(noise) for _ in range(steps)] for _ in range(n_envs)]
+            self._warmup_actions = [np.stack(step) for step in zip(*episodes, strict=True)]
+        scaled = self._warmup_actions.pop(0)
+        return self.policy.unscale_action(scaled), scaled
+
+    def _random_action(self, noise: ActionNoise | None) -> np.ndarray:
+        """One warm-up action as SB3 draws it: uniform, plus the noise, clipped (scaled units)."""
+        scaled = self.policy.scale_action(self.action_space.sample())
+        return scaled if noise is None else np.clip(scaled + noise(), -1, 1)
 
 
 def make_agent(
     env: gym.Env, config: AgentConfig = AgentConfig(), *, num_units: int, verbose: int = 0
 ) -> AMCDDPG:
-    """A fresh DDPG agent with AMC's defaults for an env whose episodes have ``num_units`` steps."""
-    noise = DecayingTruncatedNormalNoise(
+    """A fresh DDPG agent with AMC's defaults for an env whose episodes have ``num_units`` steps.
+
+    ``env`` may be an SB3 ``VecEnv`` of N copies of one env (:mod:`agents.parallel`): a rollout is
+    then one episode of each (``num_units`` steps), the agent trains as many gradient steps as it
+    collected transitions, and the warm-up is rounded up to whole rounds of N episodes.
+    """
+    n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+    noise: ActionNoise = DecayingTruncatedNormalNoise(
         config.noise_sigma, config.decay, config.warmup_episodes, seed=config.seed
     )
+    if n_envs > 1:
+        noise = SharedNoise(noise, n_envs)
+    warmup_rounds = math.ceil(config.warmup_episodes / n_envs)
     buffer_kwargs: dict[str, Any] = {}
     buffer_class: type[ReplayBuffer] = ReplayBuffer
     if config.episode_reward:
@@ -240,11 +307,11 @@ def make_agent(
         actor_lr=config.actor_lr,
         critic_lr=config.critic_lr,
         buffer_size=max(config.buffer_episodes * num_units, config.batch_size),
-        learning_starts=config.warmup_episodes * num_units,
+        learning_starts=warmup_rounds * n_envs * num_units,
         batch_size=config.batch_size,
         tau=config.tau,
         gamma=config.gamma,
-        train_freq=(1, "episode"),
+        train_freq=(1, "episode") if n_envs == 1 else (num_units, "step"),
         gradient_steps=-1,
         action_noise=noise,
         replay_buffer_class=buffer_class,
@@ -254,7 +321,7 @@ def make_agent(
         device=config.device,
         verbose=verbose,
     )
-    agent.observation_features = list(getattr(env, "feature_names", ()) or ()) or None
+    agent.observation_features = list(feature_names(env) or ()) or None
     agent.features_version = FEATURES_VERSION
     return agent
 
@@ -292,7 +359,7 @@ def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:
 
     Agents saved before the observation was versioned (version 1) have no feature names.
     """
-    names = getattr(env, "feature_names", None)
+    names = feature_names(env)
     trained = getattr(agent, "observation_features", None)
     if names is None:
         return
@@ -306,6 +373,13 @@ def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:
             f"{path} was trained on the observation features {','.join(trained)} but the env "
             f"observes {','.join(names)}; pass --features {','.join(trained)} or retrain it"
         )
+
+
+def feature_names(env: gym.Env | VecEnv) -> list[str] | None:
+    """The observation features of an env (or of a ``VecEnv``'s first env), if it names them."""
+    if isinstance(env, VecEnv):
+        return env.get_attr("feature_names")[0] if env.has_attr("feature_names") else None
+    return getattr(env, "feature_names", None)
 
 
 def agent_config_dict(config: AgentConfig) -> dict[str, Any]:

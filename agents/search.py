@@ -123,7 +123,8 @@ def run_search(
     Args:
         agent: the DDPG agent, its env already set.
         run_dir: output directory.
-        episodes: episodes to run (in addition to those of ``resume_state``).
+        episodes: episodes to run (in addition to those of ``resume_state``); with an agent on N
+            envs (:mod:`agents.parallel`), rounded up to whole rounds of N episodes.
         max_units: the most steps an episode can have (bounds SB3's timestep budget).
         hparams: hyperparameters shown in TensorBoard's HParams tab.
         extra_best: extra fields for ``best_strategy.json``.
@@ -153,7 +154,7 @@ def run_search(
     interrupted = False
     try:
         agent.learn(
-            total_timesteps=(episodes + 1) * max_units,
+            total_timesteps=(episodes + agent.n_envs) * max_units,
             callback=callbacks,
             log_interval=1,
             reset_num_timesteps=resume_state is None,

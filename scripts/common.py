@@ -149,6 +149,25 @@ def add_latency_backend_arg(g: argparse._ActionsContainer) -> None:
     )
 
 
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """--envs and --ray-address: episodes in parallel (agents/parallel.py)."""
+    g = p.add_argument_group("parallel episodes")
+    g.add_argument(
+        "--envs",
+        type=int,
+        default=1,
+        help="episodes evaluated in parallel, each in its own worker process (or Ray actor); "
+        "latency is still timed one candidate at a time",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="evaluate the episodes on Ray actors of the cluster at ADDR ('local': start Ray "
+        'here; the ray extra: pip install -e ".[ray]")',
+    )
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """Fine-tuning of the result and where the run is written."""
     g = p.add_argument_group("output")
@@ -269,7 +288,7 @@ def check_settings(settings: dict) -> None:
         RlpruneError: One line naming the flag, the value and what it must be.
     """
     positive = ("threads", "latency_batch_size", "latency_repeats", "bn_batches", "round_to")
-    positive += ("max_samples", "image_size", "base_epochs")
+    positive += ("max_samples", "image_size", "base_epochs", "envs")
     for key in positive:
         value = settings.get(key)
         if value is not None and value < 1:

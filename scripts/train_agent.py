@@ -10,6 +10,8 @@ With ``--weights`` the network is yours: your trained state_dict for ``--model``
     python scripts/train_agent.py --model resnet20 --target 0.6 --episodes 400
     python scripts/train_agent.py --model my_pkg.nets:build --weights mine.pt --dataset cifar10
     python scripts/train_agent.py --model vgg_small,resnet20   # one agent, episodes alternate
+    python scripts/train_agent.py --envs 2                      # 2 episodes at a time
+    python scripts/train_agent.py --envs 4 --ray-address local  # episodes on Ray actors
     python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0
     python scripts/train_agent.py --resume runs/vgg_small_mnist5k_latency0.5_s0 --episodes 500
     tensorboard --logdir runs
@@ -33,6 +35,7 @@ from agents.finalize import (
     summary_table,
     write_report,
 )
+from agents.parallel import collect_results, make_vec_env, require_ray
 from agents.search import read_search_state, resume, run_search
 from agents.selection import SelectionConfig, select_strategy
 from agents.transfer import MultiModelEnv
@@ -54,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     common.add_weights_arg(p)
     common.add_env_args(p)
+    common.add_parallel_args(p)
     g = p.add_argument_group("agent")
     g.add_argument(
         "--episodes",
@@ -85,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: Flags that --resume may change; every other setting is the run's config.json.
-RESUME_FLAGS = {"--resume", "--episodes", "--no-progress"}
+RESUME_FLAGS = {"--resume", "--episodes", "--no-progress", "--ray-address"}
 
 
 def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) -> dict:
@@ -103,13 +107,15 @@ def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) ->
     changed = sorted(given - RESUME_FLAGS)
     if changed:
         raise RlpruneError(
-            f"--resume continues the settings of {path}; only --episodes (the new total) and "
-            f"--no-progress can change, not {', '.join(changed)}"
+            f"--resume continues the settings of {path}; only --episodes (the new total), "
+            f"--ray-address and --no-progress can change, not {', '.join(changed)}"
         )
     settings = json.loads(path.read_text())
     settings["no_progress"] = args.no_progress
     if "--episodes" in given:
         settings["episodes"] = args.episodes
+    if "--ray-address" in given:
+        settings["ray_address"] = args.ray_address
     return settings
 
 
@@ -123,6 +129,13 @@ def check_search_settings(settings: dict) -> None:
             f"--warmup must be in [0, --episodes), got {settings['warmup']} for "
             f"{settings['episodes']} episodes: the agent would never act on what it learned"
         )
+    if settings.get("envs", 1) > 1 and "," in settings["model"]:
+        raise RlpruneError(
+            f"--envs {settings['envs']} runs copies of one network's env, but --model names "
+            f"{settings['model']}; search one model at a time in parallel"
+        )
+    if settings.get("ray_address"):
+        require_ray("--ray-address")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,40 +173,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {w.env.latency.describe()}")
     env = works[0].env if len(works) == 1 else MultiModelEnv([w.env for w in works])
     max_units = max(w.env.num_units for w in works)
-
     agent_cfg = AgentConfig(
         warmup_episodes=settings["warmup"], seed=settings["seed"], episodes=settings["episodes"]
     )
     state = read_search_state(run_dir) if args.resume else None
-    if state is not None:
-        agent, state = resume(run_dir, env)
-        (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
-        remaining = max(settings["episodes"] - state["episode"], 0)
-        print(f"resuming {run_dir} at episode {state['episode']}, {remaining} to go")
-    else:
-        if args.resume:
-            print(f"{run_dir} has no checkpoint (stopped before its search began): starting it")
+    search_env = parallel_env(env, settings)
+    try:
+        if state is not None:
+            agent, state = resume(run_dir, search_env)
             (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+            remaining = max(settings["episodes"] - state["episode"], 0)
+            print(f"resuming {run_dir} at episode {state['episode']}, {remaining} to go")
         else:
-            name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
-            name = args.name or name.replace(",", "+")
-            settings.update(works[0].weights)
-            run_dir = common.claim_run_dir(args.output_dir, name, settings)
-        agent = make_agent(env, agent_cfg, num_units=max_units)
-        remaining = settings["episodes"]
+            if args.resume:
+                print(f"{run_dir} has no checkpoint (stopped before its search began): starting it")
+                (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+            else:
+                name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
+                name = args.name or name.replace(",", "+")
+                settings.update(works[0].weights)
+                run_dir = common.claim_run_dir(args.output_dir, name, settings)
+            agent = make_agent(search_env, agent_cfg, num_units=max_units)
+            remaining = settings["episodes"]
 
-    t0 = time.perf_counter()
-    result = run_search(
-        agent,
-        run_dir,
-        remaining,
-        max_units=max_units,
-        hparams={**settings, **agent_config_dict(agent_cfg)},
-        extra_best={"target": settings["target"], "cost": settings["cost"]},
-        resume_state=state,
-        progress=progress,
-        per_model=len(works) > 1,
-    )
+        t0 = time.perf_counter()
+        result = run_search(
+            agent,
+            run_dir,
+            remaining,
+            max_units=max_units,
+            hparams={**settings, **agent_config_dict(agent_cfg)},
+            extra_best={"target": settings["target"], "cost": settings["cost"]},
+            resume_state=state,
+            progress=progress,
+            per_model=len(works) > 1,
+        )
+        if search_env is not env:  # the final selection reads the workers' results in env
+            collect_results(search_env, env)
+    finally:
+        if search_env is not env:
+            search_env.close()
     timings["search"] = time.perf_counter() - t0
     rate = result.episodes / max(result.seconds, 1e-9)
     print(f"search: {result.episodes} episodes in {result.seconds:.1f} s ({rate:.2f} episodes/s)")
@@ -233,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  report: {report}")
     print(f"\nrun directory: {run_dir}\nTensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def parallel_env(env, settings: dict):
+    """``env`` itself, or with --envs N / --ray-address the SB3 VecEnv of N copies of it
+    stepping in parallel (:mod:`agents.parallel`)."""
+    n_envs, address = settings.get("envs", 1), settings.get("ray_address")
+    if n_envs == 1 and address is None:
+        return env
+    where = f"Ray actors ({address})" if address else "worker processes"
+    print(f"search: {n_envs} envs in parallel on {where}, episodes in rounds of {n_envs}")
+    return make_vec_env(env, n_envs, ray_address=address)
 
 
 def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix: str) -> dict:
