@@ -5,9 +5,11 @@ so the runs can be compared exactly and the timings checked for overlap.
 """
 
 import csv
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,9 @@ from agents.search import read_search_state, resume, run_search
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import RlpruneError
 from models.training import TrainConfig, get_base_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import benchmark_parallel  # noqa: E402
 
 SLEEP_S = 0.1  # each timing's length: two unlocked timings started together would overlap
 
@@ -212,3 +217,27 @@ def test_local_ray_cluster_runs_the_same_search(env, vec_env, tmp_path):
     assert episodes(tmp_path / "ray") == episodes(tmp_path / "processes")
     assert new >= 2 and len(intervals(log)) == new  # each new architecture timed once
     assert_never_concurrent(log)  # by the timing actor, one call at a time
+
+
+def test_parallel_efficiency_is_rate_over_n_times_the_serial_rate():
+    rows = [
+        {"task": "a", "envs": 1, "episodes_per_s": 2.0},
+        {"task": "a", "envs": 2, "episodes_per_s": 3.0},
+        {"task": "a", "envs": 4, "episodes_per_s": 4.0},
+        {"task": "b", "envs": 2, "episodes_per_s": 1.0},  # no serial run to compare with
+    ]
+    benchmark_parallel.efficiency(rows)
+    assert [r["efficiency"] for r in rows] == [1.0, 0.75, 0.5, None]
+
+
+def test_benchmark_parallel_writes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    flags = ["--tasks", "tiny", "--envs", "1,2", "--episodes", "2", "--warmup", "1"]
+    flags += ["--latency-repeats", "3", "--output-dir", str(out), "--no-progress"]
+    assert benchmark_parallel.main(flags) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["task"], r["envs"], r["episodes"]) for r in rows] == [("tiny", 1, 2), ("tiny", 2, 2)]
+    assert "| tiny | 2 | 2 |" in (out / "results.md").read_text()
+    with pytest.raises(RlpruneError, match="--envs takes numbers >= 1"):
+        benchmark_parallel.main(["--envs", "0,2", "--output-dir", str(out)])
