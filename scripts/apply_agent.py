@@ -1,13 +1,16 @@
 """Apply a trained rlprune agent to another network: zero-shot, or warm-starting a short search.
 
+    python scripts/apply_agent.py --model resnet18          # the shipped agent, zero-shot
     python scripts/apply_agent.py --agent runs/RUN/agent.zip --model resnet20
     python scripts/apply_agent.py --agent runs/RUN/agent.zip --model mobilenet_v2 --episodes 50
     python scripts/apply_agent.py --agent runs/RUN/agent.zip --model my_pkg.nets:build \\
         --weights my_trained_weights.pt
 
 The agent's observation is architecture-agnostic, so the same agent proposes a per-unit strategy
-for a network it has never seen. The run directory gets the strategy, the pruned model, a report
-that compares it with uniform pruning at the same target, and TensorBoard logs of any search.
+for a network it has never seen. Without ``--agent`` the agent shipped in agents/pretrained/
+(trained across six architectures, see agents/pretrained/README.md) is used. The run directory gets
+the strategy, the pruned model, a report that compares it with uniform pruning at the same target,
+and TensorBoard logs of any search.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from agents.finalize import (
     summary_table,
     write_report,
 )
+from agents.pretrained import default_agent
 from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
+from models.pretrained import file_sha256
 from models.training import resolve_device
 from models.zoo import list_models
 
@@ -43,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--agent", required=False, help="agent.zip of a train_agent.py run, or its run directory"
+        "--agent",
+        help="agent.zip of a train_agent.py run, or its run directory (default: the agent "
+        "shipped in agents/pretrained/)",
     )
     common.add_data_args(p)
     common.add_weights_arg(p)
@@ -78,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_models or args.list_datasets:
         print("\n".join(list_models() if args.list_models else list_datasets()))
         return 0
-    if not args.agent:
-        raise CheckpointError("--agent is required: the agent.zip of a train_agent.py run")
-    agent_path = agent_file(args.agent)
+    if args.agent:
+        agent_path = agent_file(args.agent)
+    else:
+        agent_path, entry = default_agent()
+        print(
+            f"agent: the shipped {entry['name']} (trained on {','.join(entry['models'])} / "
+            f"{entry['dataset']}, {entry['episodes']} episodes)"
+        )
     settings = {k: v for k, v in vars(args).items() if not k.startswith("list_")}
     common.check_settings(settings)
     if args.episodes < 0:
@@ -150,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     timings["fine-tune + evaluation"] = time.perf_counter() - t0
     recipe = make_recipe(
-        args.model, splits, work.model, settings, agent=str(agent_path), **work.weights
+        args.model,
+        splits,
+        work.model,
+        settings,
+        agent=str(agent_path),
+        agent_sha256=file_sha256(agent_path),
+        **work.weights,
     )
     path = save_deliverables(run_dir, rows, best["strategy"], recipe)
     title = f"rlprune agent {agent_path} applied to {args.model} on {splits.name}"

@@ -2,14 +2,17 @@
 
 For each network the agent never saw, at the same target: the agent's zero-shot strategy (one
 deterministic episode), a warm-started search of ``--episodes`` (N) from the agent, from-scratch
-searches of N and 3N episodes, EagleEye-style random search (``sampled``) of N episodes, and
-uniform pruning. The stochastic methods run once per seed of ``--seeds``. Every strategy is
-BN-recalibrated, evaluated (reward and test split), fine-tuned the same way and timed interleaved
-with the original and the others (best of several passes). Writes ``transfer.md`` (means and
-spreads over seeds) and ``transfer.json`` (every row) into the run directory.
+searches of N and 3N episodes, EagleEye-style random search (``sampled``) of N episodes (and of R
+episodes with ``--random-episodes R``, e.g. 300: the bar a zero-shot policy would ideally clear),
+and uniform pruning. The stochastic methods run once per seed of ``--seeds``. Every strategy is BN-
+recalibrated, evaluated (reward and test split), fine-tuned the same way and timed interleaved with
+the original and the others (best of several passes). Writes ``transfer.md`` (means and spreads
+over seeds) and ``transfer.json`` (every row) into the run directory.
 
-    python scripts/transfer_study.py --agent runs/RUN/agent.zip \\
-        --models resnet18,mobilenet_v2,mnasnet0_5 --episodes 50 --seeds 0,1,2
+    python scripts/transfer_study.py --models resnet18,mobilenet_v2,mnasnet0_5 \\
+        --episodes 50 --seeds 0,1,2 --random-episodes 300
+
+Without ``--agent`` the agent shipped in agents/pretrained/ is studied.
 
 The env observes the features the agent was trained on (``--features`` is taken from the agent).
 Searches report their best episode (no final re-scoring: the env's result cache is shared by the
@@ -29,6 +32,7 @@ import torch
 
 from agents.ddpg import AgentConfig, load_agent, make_agent, saved_features
 from agents.finalize import compare_strategies
+from agents.pretrained import default_agent
 from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
@@ -38,7 +42,15 @@ from models.errors import RlpruneError
 from models.training import resolve_device
 
 #: Methods in table order; those with a seed suffix run once per seed.
-METHODS = ("zero-shot", "warm-start N", "scratch N", "scratch 3N", "sampled N", "uniform")
+METHODS = (
+    "zero-shot",
+    "warm-start N",
+    "scratch N",
+    "scratch 3N",
+    "sampled N",
+    "sampled R",
+    "uniform",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,17 +58,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--agent", required=True, help="agent.zip of a train_agent.py run")
+    p.add_argument(
+        "--agent",
+        help="agent.zip of a train_agent.py run (default: the agent shipped in agents/pretrained/)",
+    )
     p.add_argument("--models", required=True, help="comma-separated networks the agent never saw")
     common.add_data_args(p)
     common.add_env_args(p)
     p.add_argument("--episodes", type=int, default=50, help="N: episodes of warm start etc.")
     p.add_argument("--seeds", default="0", help="seeds of the stochastic methods, e.g. 0,1,2")
+    p.add_argument(
+        "--random-episodes",
+        type=int,
+        default=0,
+        help="R: also a random search (sampled) of R episodes per seed; 0: none",
+    )
+    p.add_argument(
+        "--zero-shot-only",
+        action="store_true",
+        help="only the agent's zero-shot strategy and uniform (no searches; e.g. to compare "
+        "agents trained on different observation features)",
+    )
     common.add_output_args(p)
     return p.parse_args(argv)
 
 
-def search_strategies(env, agent_path: str, episodes: int, seed: int, run_dir: Path) -> dict:
+def search_strategies(
+    env, agent_path: str, episodes: int, seed: int, run_dir: Path, random_episodes: int = 0
+) -> dict:
     """Strategy and policy seconds of every stochastic method for one seed."""
     out: dict[str, tuple[dict, float]] = {}
     t0 = time.perf_counter()
@@ -80,6 +109,10 @@ def search_strategies(env, agent_path: str, episodes: int, seed: int, run_dir: P
         out[label] = (result.best["strategy"], time.perf_counter() - t0)
     t0 = time.perf_counter()
     out["sampled N"] = (sampled_search(env, episodes, seed)["strategy"], time.perf_counter() - t0)
+    if random_episodes > 0:
+        t0 = time.perf_counter()
+        best = sampled_search(env, random_episodes, seed)["strategy"]
+        out["sampled R"] = (best, time.perf_counter() - t0)
     return out
 
 
@@ -96,9 +129,9 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
     seconds = {"zero-shot": time.perf_counter() - t0}
     strategies["uniform"] = uniform_for_target(env)["strategy"]
     labels = {"zero-shot": ("zero-shot", None), "uniform": ("uniform", None)}
-    for seed in seeds:
+    for seed in [] if args.zero_shot_only else seeds:
         for method, (strategy, secs) in search_strategies(
-            env, args.agent, args.episodes, seed, run_dir / name
+            env, args.agent, args.episodes, seed, run_dir / name, args.random_episodes
         ).items():
             key = f"{method} s{seed}"
             strategies[key], seconds[key], labels[key] = strategy, secs, (method, seed)
@@ -183,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     _seeds(args.seeds)
     if args.episodes < 1:
         raise RlpruneError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.random_episodes < 0:
+        raise RlpruneError(f"--random-episodes must be >= 0, got {args.random_episodes}")
+    if args.agent is None:
+        path, entry = default_agent()
+        args.agent = str(path)
+        print(f"agent: the shipped {entry['name']} (trained on {','.join(entry['models'])})")
     if args.features is None:  # observe what the agent was trained on
         features = saved_features(args.agent)
         args.features = ",".join(features) if features else None
@@ -193,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     header = [
         f"Agent {args.agent}, {splits.name}, target {args.target} of {args.cost}, N = "
-        f"{args.episodes} episodes, seeds {args.seeds}, {args.fine_tune_epochs} fine-tune "
+        f"{args.episodes} episodes, R = {args.random_episodes} episodes (sampled R), seeds "
+        f"{args.seeds}, {args.fine_tune_epochs} fine-tune "
         "epochs; latency and MACs are ratios to the original, timed interleaved.",
         "",
     ]

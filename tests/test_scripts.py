@@ -1,14 +1,18 @@
 """Fast end-to-end runs of the search scripts in fresh processes, and their error messages."""
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from agents.pretrained import default_agent
 from envs.pruning import load_pruned
+from models.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -108,6 +112,8 @@ def test_transfer_study_table(trained_run, tmp_path):
         "2",
         "--seeds",
         "0,1",
+        "--random-episodes",
+        "3",
         "--output-dir",
         str(tmp_path),
         cache=cache,
@@ -126,6 +132,7 @@ def test_transfer_study_table(trained_run, tmp_path):
         "scratch N": [0, 1],
         "scratch 3N": [0, 1],
         "sampled N": [0, 1],
+        "sampled R": [0, 1],
     }
     table = (out / "transfer.md").read_text()
     for method, n in (("zero-shot", 1), ("warm-start N", 2), ("scratch 3N", 2), ("uniform", 1)):
@@ -157,3 +164,53 @@ def test_bad_input_gives_one_line_error(script, args, message, tmp_path):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_ship_agent_indexes_the_run_and_becomes_the_default(trained_run, tmp_path):
+    run_dir, _, cache = trained_run
+    root = tmp_path / "agents"
+    for name in ("first", "second"):
+        proc = run("ship_agent.py", "--run", str(run_dir), "--name", name, "--to", str(root),
+                   cache=cache)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = {e["name"]: e for e in json.loads((root / "index.json").read_text())["agents"]}
+    shipped = (root / "second.zip").read_bytes()
+    assert shipped == (run_dir / "agent.zip").read_bytes()
+    assert entries["second"]["sha256"] == hashlib.sha256(shipped).hexdigest()
+    assert entries["second"]["models"] == ["vgg_small"] and entries["second"]["episodes"] == 4
+    assert "--model vgg_small --dataset digits" in entries["second"]["command"]
+    assert [entries["first"]["default"], entries["second"]["default"]] == [False, True]
+    assert default_agent(root)[0] == root / "second.zip"
+    (root / "second.zip").write_bytes(shipped[:-1] + bytes([shipped[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="missing or altered"):
+        default_agent(root)
+
+
+def test_ship_agent_refuses_an_unfinished_search(trained_run, tmp_path):
+    run_dir, _, cache = trained_run
+    partial = tmp_path / "run"
+    shutil.copytree(run_dir, partial)
+    config = json.loads((partial / "config.json").read_text())
+    (partial / "config.json").write_text(json.dumps({**config, "episodes": 10}))
+    proc = run("ship_agent.py", "--run", str(partial), "--name", "x", "--to", str(tmp_path / "a"),
+               cache=cache)  # fmt: skip
+    assert proc.returncode == 2 and "stopped at episode 4 of 10" in proc.stderr
+    assert not (tmp_path / "a" / "index.json").exists()
+
+
+def test_apply_agent_and_transfer_study_default_to_the_shipped_agent(trained_run, tmp_path):
+    """The agent committed in agents/pretrained/ loads into today's env (fresh clone, offline)."""
+    _, _, cache = trained_run
+    path, entry = default_agent()
+    proc = run("apply_agent.py", "--model", "resnet20", *TINY, "--output-dir", str(tmp_path),
+               cache=cache)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"agent: the shipped {entry['name']}" in proc.stdout and "zero-shot:" in proc.stdout
+    recipe = json.loads((tmp_path / "apply_resnet20_digits_macs0.5_s0" / "pruned_model.json")
+                        .read_text())  # fmt: skip
+    assert recipe["recipe"]["agent"] == str(path)
+    proc = run("transfer_study.py", "--models", "resnet20", "--zero-shot-only", *TINY,
+               "--output-dir", str(tmp_path), cache=cache)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "transfer_digits" / "transfer.json").read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == ["uniform", "zero-shot"]
