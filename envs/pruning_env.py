@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,24 +15,15 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from envs.budget import check_reachable, min_pruning_ratio
+from envs.cost import CostModel, LatencyCost, MacsCost
 from envs.features import DEFAULT_FEATURES, NetworkContext, check_features, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
 from envs.latency_table import LatencyTable, TableLatency, cached_table, device_name, load_table
 from envs.pruning import Pruner, count_cost, recalibrate_bn
 from envs.reconstruction import Reconstructor
 from envs.rewards import TARGET_TOLERANCE, get_reward
-from envs.units import estimate_cost
 from models.errors import PruningError, RlpruneError
 from models.training import evaluate
-
-#: Recent episodes whose measured latency calibrates the action wall's estimate.
-_CALIBRATION_WINDOW = 25
-#: Quantile of the window's slopes the wall uses. Real latency is not linear in the table's
-#: estimate, so the slope varies with the strategy; the median lets half the strategies overshoot
-#: the target. On a concave latency curve (sqrt, tests/fakes.py CurveLatency, target 0.5), the
-#: lower quartile cut the random episodes over target + 3% from 10 of 40 to 2 and the worst
-#: overshoot from 7.4% to 5.5%.
-_CALIBRATION_QUANTILE = 0.25
 
 
 @dataclass(frozen=True)
@@ -279,10 +269,21 @@ class ChannelPruningEnv(gym.Env):
             [c.name for c in self.layer_costs]
         )
         _, self.base_latency_ms = self.latency.ratio(self.model)
-        self._full_macs = estimate_cost(self.layer_costs, [1.0] * self.num_units, "macs")
-        self._full_latency = self._latency_estimate_ms([1.0] * self.num_units)
-        self.macs_share = self._unit_shares(self.macs_estimate)
-        self.latency_share = self._unit_shares(self._raw_latency_estimate)
+        self.macs_cost = MacsCost(self.layer_costs, self.num_units, self.base_macs)
+        self.latency_cost = LatencyCost(
+            self.layer_costs,
+            self.num_units,
+            self.layer_latency_ms,
+            self.overhead_ms,
+            self.base_latency_ms,
+            calibrate=self.config.calibrate and self.config.cost == "latency",
+        )
+        #: The cost the target constrains, chosen once: every cost question goes to it.
+        self.cost: CostModel = (
+            self.latency_cost if self.config.cost == "latency" else self.macs_cost
+        )
+        self.macs_share = self.macs_cost.shares(self.num_units)
+        self.latency_share = self.latency_cost.shares(self.num_units)
         # The network-wide part of every observation (the shares change only here).
         self._context = NetworkContext(
             num_units=self.num_units,
@@ -293,16 +294,19 @@ class ChannelPruningEnv(gym.Env):
         )
         shares = zip(self.units, self.latency_share, strict=True)
         self.latency_shares = {u.name: float(s) for u, s in shares}
-        self.calibration = 1.0  # slope k of: measured = 1 - k * (1 - estimated)
-        self._calibration_samples: collections.deque[float] = collections.deque(
-            maxlen=_CALIBRATION_WINDOW
-        )
 
         max_strategy = {u.name: self.config.max_ratio for u in self.units}
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
-        self._calibrate(self.pruner.keep_fractions(max_strategy), self.max_pruned["latency_ratio"])
-        self._calibrate_at_target()
+        self.latency_cost.observe(self.pruner.keep_fractions(max_strategy), self.max_pruned)
+        self.latency_cost.refit_at_target(
+            self._uniform_keep,
+            lambda ratio: self.evaluate_strategy(
+                {u.name: ratio for u in self.units}, with_accuracy=False
+            )["latency_ratio"],
+            self.config.target,
+            self.config.max_ratio,
+        )
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.feature_names = self.config.features
@@ -315,89 +319,49 @@ class ChannelPruningEnv(gym.Env):
         self._floor = 0.0
 
     # ----------------------------------------------------------------- cost models
-    def _latency_estimate_ms(self, keep: Sequence[float]) -> float:
-        layers = estimate_cost(self.layer_costs, keep, per_layer=self.layer_latency_ms)
-        return self.overhead_ms + layers
-
-    def _raw_latency_estimate(self, keep: Sequence[float]) -> float:
-        return self._latency_estimate_ms(keep) / self._full_latency
+    @property
+    def calibration(self) -> float:
+        """Slope ``k`` of the latency estimate: ``1 - k * (1 - profile estimate)``."""
+        return self.latency_cost.slope
 
     def latency_estimate(self, keep: Sequence[float]) -> float:
-        """Estimated latency ratio for kept fractions ``keep``.
-
-        The per-layer latency table (conv/linear layers timed with hooks, the rest a constant)
-        misses what shrinks with the channels outside those layers (BatchNorm, activations,
-        pooling, memory traffic); the saving it predicts is scaled by a slope fitted on measured
-        episodes: ``1 - calibration * (1 - table estimate)``, exact at the unpruned model.
-        """
-        return 1.0 - self.calibration * (1.0 - self._raw_latency_estimate(keep))
-
-    def _calibrate(self, keep: Sequence[float], measured_ratio: float) -> None:
-        """Add one measured point to the slope of :meth:`latency_estimate` (a low quantile)."""
-        saving = 1.0 - self._raw_latency_estimate(keep)
-        if self.config.cost != "latency" or not self.config.calibrate or saving < 0.05:
-            return
-        self._calibration_samples.append(max(1.0 - measured_ratio, 0.0) / saving)
-        self.calibration = float(np.quantile(self._calibration_samples, _CALIBRATION_QUANTILE))
-
-    def _calibrate_at_target(self, steps: int = 12) -> None:
-        """Re-fit the slope on one uniform strategy that the estimate puts at the target.
-
-        Measured latency is rarely linear in the table's estimate (fixed per-op costs, cache
-        effects), so the slope through the maximally pruned model can be far from the slope near
-        the target, where the wall decides; this point replaces it.
-        """
-        if self.config.cost != "latency" or not self.config.calibrate:
-            return
-        lo, hi = 0.0, self.config.max_ratio
-        for _ in range(steps):  # least uniform ratio whose estimate meets the target
-            mid = 0.5 * (lo + hi)
-            keep = self.pruner.keep_fractions({u.name: mid for u in self.units})
-            lo, hi = (lo, mid) if self.latency_estimate(keep) <= self.config.target else (mid, hi)
-        uniform = {u.name: hi for u in self.units}
-        measured = self.evaluate_strategy(uniform, with_accuracy=False)["latency_ratio"]
-        self._calibration_samples.clear()
-        self._calibrate(self.pruner.keep_fractions(uniform), measured)
+        """Estimated latency ratio for kept fractions ``keep`` (:class:`envs.cost.LatencyCost`)."""
+        return self.latency_cost.estimate(keep)
 
     def macs_estimate(self, keep: Sequence[float]) -> float:
         """Estimated MACs ratio for kept fractions ``keep``."""
-        return estimate_cost(self.layer_costs, keep, "macs") / self._full_macs
-
-    def _unit_shares(self, cost_model) -> np.ndarray:
-        ones = [1.0] * self.num_units
-        return np.array(
-            [1.0 - cost_model(ones[:i] + [0.0] + ones[i + 1 :]) for i in range(self.num_units)]
-        )
-
-    @property
-    def _cost_model(self):
-        return self.latency_estimate if self.config.cost == "latency" else self.macs_estimate
+        return self.macs_cost.estimate(keep)
 
     def cost_estimate(self, keep: Sequence[float]) -> float:
         """Estimated ratio of the cost the target constrains (latency or MACs) for ``keep``."""
-        return self._cost_model(keep)
+        return self.cost.estimate(keep)
+
+    def _uniform_keep(self, ratio: float) -> list[float]:
+        return self.pruner.keep_fractions({u.name: ratio for u in self.units})
 
     def check_target(self, target: float) -> None:
         """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
-        what = "latency" if self.config.cost == "latency" else "MACs"
-        key = "latency_ratio" if self.config.cost == "latency" else "macs_ratio"
-        check_reachable(target, self.max_pruned[key], what)
+        check_reachable(target, self.cost.measured(self.max_pruned), self.cost.name)
 
     # ----------------------------------------------------------------- gym API
     def _required_ratio(self) -> float:
         return min_pruning_ratio(
-            self._cost_model, self._keep, self.num_units, self.config.target, self.config.max_ratio
+            self.cost.estimate,
+            self._keep,
+            self.num_units,
+            self.config.target,
+            self.config.max_ratio,
         )
 
     def _observation(self) -> np.ndarray:
         t = len(self._keep)
         self._floor = self._required_ratio()  # the wall for this unit; step() reuses it
         ones = [1.0] * (self.num_units - t)
-        shares = self.latency_share if self.config.cost == "latency" else self.macs_share
+        shares = self.latency_share if self.cost is self.latency_cost else self.macs_share
         return unit_features(
             self.units[t],
             self._context,
-            cost_removed=1.0 - self._cost_model(self._keep + ones),
+            cost_removed=1.0 - self.cost.estimate(self._keep + ones),
             cost_rest=float(shares[t + 1 :].sum()),
             previous_ratio=self._ratios[-1] if self._ratios else 0.0,
             target=self.config.target,
@@ -433,7 +397,7 @@ class ChannelPruningEnv(gym.Env):
 
         strategy = {u.name: r for u, r in zip(self.units, self._ratios, strict=True)}
         result = self.evaluate_strategy(strategy)
-        self._calibrate(self._keep, result["latency_ratio"])
+        self.cost.observe(self._keep, result)
         info.update(result, model=self.model_name, latency_shares=self.latency_shares)
         obs = np.zeros(len(self.feature_names), dtype=np.float32)
         obs[0] = 1.0
@@ -479,10 +443,6 @@ class ChannelPruningEnv(gym.Env):
         times["time_export_s"] = self._compile_s() - compiled_s
 
         macs_ratio = macs / self.base_macs
-        cost_ratio = latency_ratio if self.config.cost == "latency" else macs_ratio
-        base_cost = (
-            self.base_latency_ms * 1000.0 if self.config.cost == "latency" else self.base_macs
-        )
         result = {
             "accuracy": accuracy,
             "latency_ms": latency_ms,
@@ -492,11 +452,15 @@ class ChannelPruningEnv(gym.Env):
             "params": params,
             "params_ratio": params / self.base_params,
             "kept_channels": kept,
-            "reward": None
-            if accuracy is None
-            else self.reward_fn(accuracy, cost_ratio, self.config.target, base_cost),
             **times,
         }
+        result["reward"] = (
+            None
+            if accuracy is None
+            else self.reward_fn(
+                accuracy, self.cost.measured(result), self.config.target, self.cost.base
+            )
+        )
         if with_accuracy:
             self._cache[key] = result
         return {**result, "strategy": dict(strategy), "cached": False}
@@ -512,7 +476,7 @@ class ChannelPruningEnv(gym.Env):
 
     def cost_ratio(self, result: Mapping[str, Any]) -> float:
         """The cost ratio the env's target applies to, from an :meth:`evaluate_strategy` result."""
-        return result["latency_ratio" if self.config.cost == "latency" else "macs_ratio"]
+        return self.cost.measured(result)
 
     def prune(self, strategy: Mapping[str, float]) -> nn.Module:
         """A pruned, restored (:meth:`restore`) copy of the model; the source is untouched."""
