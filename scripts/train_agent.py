@@ -107,8 +107,9 @@ def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) ->
     changed = sorted(given - RESUME_FLAGS)
     if changed:
         raise RlpruneError(
-            f"--resume continues the settings of {path}; only --episodes (the new total), "
-            f"--ray-address and --no-progress can change, not {', '.join(changed)}"
+            f"--resume continues the settings of {path}; only --episodes (the new total) and "
+            f"--no-progress can change (and --ray-address, where episodes run), not "
+            f"{', '.join(changed)}"
         )
     settings = json.loads(path.read_text())
     settings["no_progress"] = args.no_progress

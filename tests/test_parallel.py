@@ -7,6 +7,7 @@ so the runs can be compared exactly and the timings checked for overlap.
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import RlpruneError
 from models.training import TrainConfig, get_base_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_OUT = {"capture_output": True, "text": True, "timeout": 600}
+sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark_parallel  # noqa: E402
 
 SLEEP_S = 0.1  # each timing's length: two unlocked timings started together would overlap
@@ -241,3 +244,30 @@ def test_benchmark_parallel_writes_its_table(tmp_path, monkeypatch):
     assert "| tiny | 2 | 2 |" in (out / "results.md").read_text()
     with pytest.raises(RlpruneError, match="--envs takes numbers >= 1"):
         benchmark_parallel.main(["--envs", "0,2", "--output-dir", str(out)])
+
+
+def train_agent(*flags: str) -> None:
+    """scripts/train_agent.py in a fresh process (a run holds its directory's lock until exit)."""
+    script = [sys.executable, str(ROOT / "scripts" / "train_agent.py"), *flags]
+    proc = subprocess.run(script, env={**os.environ, "PYTHONPATH": str(ROOT)}, **TEXT_OUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_train_agent_with_two_envs_selects_among_the_workers_results_and_resumes(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "cache"))
+    flags = ["--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--bn-batches", "2"]
+    flags += ["--fine-tune-epochs", "1", "--latency-repeats", "3", "--select-steps", "2"]
+    flags += ["--warmup", "2", "--envs", "2", "--no-progress", "--output-dir", str(tmp_path)]
+    train_agent(*flags, "--episodes", "4")
+    run_dir = tmp_path / "vgg_small_digits_macs0.5_s0"
+    with open(run_dir / "episodes.csv", newline="") as f:
+        new = [row for row in csv.DictReader(f) if row["cached"] == "False"]
+    # The final choice re-scores the top 5 of every architecture the two workers evaluated.
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert len(selection["candidates"]) == min(5, len(new)) > 1
+
+    train_agent("--resume", str(run_dir), "--episodes", "6", "--no-progress")
+    assert [row[0] for row in episodes(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "config.json").read_text())["envs"] == 2
