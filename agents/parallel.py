@@ -27,6 +27,7 @@ import functools
 import multiprocessing as mp
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -72,7 +73,12 @@ def make_vec_env(env: ChannelPruningEnv, n_envs: int, *, ray_address: str | None
 
 def worker_env(env: ChannelPruningEnv, latency: LatencySource, threads: int) -> gym.Env:
     """A worker's copy of ``env``: timed through ``latency``, evaluated on ``threads`` threads,
-    with SB3's episode statistics (``Monitor``, as SB3 wraps a single env)."""
+    with SB3's episode statistics (``Monitor``, as SB3 wraps a single env).
+
+    The worker ignores Ctrl-C: the main process handles it (saves the search) and closes the
+    workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     env.latency = latency
     return Monitor(env)

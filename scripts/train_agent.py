@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
             per_model=len(works) > 1,
         )
-        if search_env is not env:  # the final selection reads the workers' results in env
-            collect_results(search_env, env)
+        if search_env is not env and not result.interrupted:  # the final selection reads
+            collect_results(search_env, env)  # the workers' results in env
     finally:
         if search_env is not env:
             search_env.close()
