@@ -27,6 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat  # noqa: E402
 
 from agents.checkpoint import drop_partial_episode, write_checkpoint  # noqa: E402
+from envs.baselines import episode_record  # noqa: E402
 
 CSV_FIELDS = (
     "episode",
@@ -140,6 +141,8 @@ class SearchCallback(BaseCallback):
         self._saved_episode: int | None = self.episode if self.resumed else None
         self.history: dict[str, list[list[float]]] = {}
         self.unit_names: dict[str, list[str]] = {}
+        #: This session's episodes (:func:`envs.baselines.episode_record`, plus episode, model).
+        self.records: list[dict[str, Any]] = []
         self.writer = None
         self._episode_start = time.perf_counter()
 
@@ -243,6 +246,9 @@ class SearchCallback(BaseCallback):
         with (self.run_dir / "episodes.csv").open("a", newline="") as f:
             row = {**scalars, "episode": self.episode, "model": model, "cached": info["cached"]}
             csv.writer(f).writerow([row[k] for k in CSV_FIELDS])
+        self.records.append(
+            {**episode_record(info, seconds), "episode": self.episode, "model": model}
+        )
         self.unit_names[model] = list(info["strategy"])
         self.history.setdefault(model, []).append(list(info["strategy"].values()))
         if self.episode % self.figure_every == 0:

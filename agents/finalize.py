@@ -6,40 +6,23 @@ import copy
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from agents.evaluation import FineTuneConfig, ModelRow, compare_strategies
 from envs.baselines import uniform_for_target
-from envs.latency import LatencyConfig, compare_latency, reporting_config
-from envs.pruning import count_cost, load_pruned, save_pruned
+from envs.pruning import load_pruned, save_pruned
 from envs.pruning_env import ChannelPruningEnv
 from models.data import DataSplits
 from models.errors import PruningError
-from models.training import evaluate, fine_tune
 
 
-@dataclass
-class ModelRow:
-    """One line of the summary table."""
-
-    name: str
-    model: nn.Module
-    test_acc: float
-    test_acc_finetuned: float | None = None
-    latency_ms: float = float("nan")
-    latency_spread: float = float("nan")
-    speedup: float = float("nan")
-    macs: int = 0
-    params: int = 0
-
-
-def compare_strategies(
+def compare_with_uniform(
     env: ChannelPruningEnv,
-    strategies: Mapping[str, Mapping[str, float]],
+    strategy: Mapping[str, float],
     splits: DataSplits,
     *,
     fine_tune_epochs: int = 2,
@@ -48,66 +31,16 @@ def compare_strategies(
     seed: int = 0,
     progress: bool = True,
 ) -> list[ModelRow]:
-    """The original next to one pruned model per strategy, evaluated the same way.
-
-    Each pruned model is BN-recalibrated, evaluated on the test split, fine-tuned with the same
-    settings and evaluated again. All latencies are measured in the same run, interleaved, best
-    of ``latency_passes`` passes (the machine may be noisy), so the speedups are comparable.
-
-    Returns:
-        ``original`` first, then one row per strategy; ``row.model`` holds the fine-tuned model.
-    """
-    device = env.device
-    rows = [ModelRow("original", env.model, evaluate(env.model, splits.test, device))]
-    for name, strategy in strategies.items():
-        pruned = env.prune(strategy)
-        row = ModelRow(name, pruned, evaluate(pruned, splits.test, device))
-        if fine_tune_epochs > 0:
-            fine_tune(
-                pruned,
-                splits.train,
-                fine_tune_epochs,
-                lr=fine_tune_lr,
-                device=device,
-                seed=seed,
-                progress=progress,
-            )
-            row.test_acc_finetuned = evaluate(pruned, splits.test, device)
-        rows.append(row)
-    measure_latency_rows(rows, env.input_shape, env.config.latency, device, latency_passes)
-    for row in rows:
-        row.macs, row.params = count_cost(row.model, env.example_input)
-    return rows
-
-
-def compare_with_uniform(
-    env: ChannelPruningEnv, strategy: Mapping[str, float], splits: DataSplits, **kwargs: Any
-) -> list[ModelRow]:
-    """:func:`compare_strategies` of the agent's strategy and uniform pruning at the same target.
+    """:func:`agents.evaluation.compare_strategies` of the agent's strategy and uniform pruning
+    at the same target, both fine-tuned for ``fine_tune_epochs``.
 
     Returns:
         Rows for ``original``, ``agent`` and ``uniform``.
     """
     uniform = uniform_for_target(env)
-    return compare_strategies(
-        env, {"agent": strategy, "uniform": uniform["strategy"]}, splits, **kwargs
-    )
-
-
-def measure_latency_rows(
-    rows: list[ModelRow],
-    input_shape: tuple[int, ...],
-    config: LatencyConfig,
-    device: Any,
-    passes: int,
-) -> None:
-    """Fill latency and speedup (vs the first row) of every row, measured interleaved."""
-    cfg = reporting_config(config, device)
-    stats = compare_latency({r.name: r.model for r in rows}, input_shape, cfg, passes=passes)
-    for row in rows:
-        row.latency_ms = stats[row.name].median_ms
-        row.latency_spread = stats[row.name].spread
-        row.speedup = stats[rows[0].name].median_ms / row.latency_ms
+    fine = FineTuneConfig(fine_tune_epochs, fine_tune_lr, seed, progress=progress)
+    strategies = {"agent": strategy, "uniform": uniform["strategy"]}
+    return compare_strategies(env, strategies, splits, fine, latency_passes=latency_passes)
 
 
 def summary_table(rows: list[ModelRow]) -> str:

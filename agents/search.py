@@ -65,13 +65,16 @@ class EpisodeLimit(BaseCallback):
 
 @dataclass
 class SearchResult:
-    """What a search produced: best record (of the first network; ``bests`` per network)."""
+    """What a search produced: best record (of the first network; ``bests`` per network) and
+    ``history``, one :func:`envs.baselines.episode_record` per episode of this call (with
+    ``episode`` and ``model``), as every search method returns it."""
 
     best: dict[str, Any] | None
     bests: dict[str, dict[str, Any]]
     episodes: int
     seconds: float
     interrupted: bool
+    history: list[dict[str, Any]]
 
 
 def read_search_state(run_dir: str | Path) -> dict[str, Any] | None:
@@ -176,4 +179,5 @@ def run_search(
         episodes=search.episode - start_episode,
         seconds=time.perf_counter() - start,
         interrupted=interrupted,
+        history=search.records,
     )

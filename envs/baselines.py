@@ -275,7 +275,7 @@ def _search(
         info = play(episode)
         if observe is not None:
             observe(episode, info)
-        history.append({**_episode_row(info), "seconds": time.perf_counter() - t0})
+        history.append(episode_record(info, time.perf_counter() - t0))
         if best is None or info["reward"] > best["reward"]:
             best = {**info, "episode": episode}
     assert best is not None
@@ -367,7 +367,8 @@ def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[
     )
 
 
-_ROW_KEYS = (
+#: The scalars of an episode's info that a search's history keeps (:func:`episode_record`).
+RECORD_KEYS = (
     "reward",
     "accuracy",
     "latency_ratio",
@@ -381,9 +382,14 @@ _ROW_KEYS = (
 )
 
 
-def _episode_row(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The scalars of an episode's info; stage times are 0 when the result came from the cache."""
-    row = {k: info[k] for k in _ROW_KEYS if k in info}
+def episode_record(info: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """One line of a search's history: the scalars of an episode's final info and its wall
+    time; the stage times are 0 when the result came from the env's cache.
+
+    Every search method records its episodes this way (the baselines here, the agent in
+    :class:`agents.callbacks.SearchCallback`), so their histories compare.
+    """
+    row = {k: info[k] for k in RECORD_KEYS if k in info}
     if row.get("cached"):
-        row.update({k: 0.0 for k in _ROW_KEYS if k.startswith("time_")})
-    return row
+        row.update({k: 0.0 for k in RECORD_KEYS if k.startswith("time_")})
+    return {**row, "seconds": seconds}

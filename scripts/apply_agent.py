@@ -31,8 +31,8 @@ from agents.finalize import (
     summary_table,
     write_report,
 )
+from agents.methods import SearchSettings, agent_search, best_record
 from agents.pretrained import default_agent
-from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
 from models.data import list_datasets
@@ -136,19 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes > 0:
         t0 = time.perf_counter()
         prepare_warm_start(agent, noise_sigma=args.noise_sigma, seed=args.seed)
-        result = run_search(
-            agent,
-            run_dir,
-            args.episodes,
-            max_units=env.num_units,
-            hparams=settings,
-            extra_best={"target": args.target, "cost": args.cost},
-            progress=progress,
-        )
+        search = SearchSettings(args.episodes, args.seed, run_dir=run_dir, progress=progress)
+        extra = {"target": args.target, "cost": args.cost}
+        found = agent_search(env, search, agent, hparams=settings, extra_best=extra)
         timings["warm-start search"] = time.perf_counter() - t0
-        if result.best is not None and result.best["reward"] > best["reward"]:
-            best = result.best
-        print(f"warm-start: {result.episodes} episodes, best reward {best['reward']:.4f}")
+        if found["reward"] > best["reward"]:
+            best = best_record(found)
+        print(f"warm-start: {found['episodes']} episodes, best reward {best['reward']:.4f}")
     (run_dir / "best_strategy.json").write_text(json.dumps(best, indent=2, default=str))
 
     t0 = time.perf_counter()

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import common
-import gymnasium as gym
 import matplotlib
 import numpy as np
 import torch
@@ -53,29 +52,25 @@ from torch.utils.data import TensorDataset
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from agents.ddpg import AgentConfig, make_agent  # noqa: E402
-from agents.search import run_search  # noqa: E402
+from agents.evaluation import FineTuneConfig, ModelRow, score_strategy, time_together  # noqa: E402
+from agents.methods import RULES, SEARCH_METHODS, SearchSettings, run_method  # noqa: E402
 from agents.selection import SelectionConfig, select_strategy  # noqa: E402
+from agents.workload import load_splits  # noqa: E402
 from envs.backends import check_backend  # noqa: E402
-from envs.baselines import (  # noqa: E402
-    global_for_target,
-    random_search,
-    sampled_search,
-    tpe_search,
-    uniform_for_target,
-)
-from envs.latency import LatencyConfig, compare_latency  # noqa: E402
-from envs.pruning import Pruner, count_cost  # noqa: E402
+from envs.latency import LatencyConfig  # noqa: E402
+from envs.pruning import Pruner  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
 from models.data import DataSplits, load_dataset, stratified_subset  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
-from models.training import TrainConfig, evaluate, fine_tune, get_base_model  # noqa: E402
+from models.training import TrainConfig, get_base_model  # noqa: E402
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
 
 SHARED_CIFAR10 = "../shared/data/cifar10/train"
-METHODS = ("uniform", "global", "random", "sampled", "tpe", "agent", "agent_macs")
-SEARCH_METHODS = ("random", "sampled", "tpe", "agent", "agent_macs")
+#: The library's search methods, and the agent on AMC's MACs proxy (``agent`` on a MACs env).
+METHODS = (*SEARCH_METHODS, "agent_macs")
+#: Methods that search (a strategy per seed, re-scored by the final selection).
+SEARCHES = tuple(m for m in METHODS if m not in RULES)
 DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent")
 TIME_KEYS = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
 
@@ -224,50 +219,14 @@ def cifar10_source(choice: str, repo_root: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- methods
-class InfoRecorder(gym.Wrapper):
-    """Keeps the info of every finished episode (stage times), for the throughput split."""
-
-    def __init__(self, env: ChannelPruningEnv) -> None:
-        super().__init__(env)
-        self.episodes: list[dict[str, Any]] = []
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            times = {k: 0.0 if info["cached"] else info[k] for k in TIME_KEYS}
-            self.episodes.append({**times, "cached": info["cached"]})
-        return obs, reward, terminated, truncated, info
-
-
-def run_agent(
-    env: ChannelPruningEnv, episodes: int, warmup: int, seed: int, run_dir: Path
-) -> dict[str, Any]:
-    """DDPG search with AMC's defaults; the best record plus per-episode times."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    recorder = InfoRecorder(env)
-    config = AgentConfig(warmup_episodes=warmup, seed=seed, episodes=episodes)
-    agent = make_agent(recorder, config, num_units=env.num_units)
-    result = run_search(
-        agent,
-        run_dir,
-        episodes,
-        max_units=env.num_units,
-        checkpoint_every=episodes,
-        figure_every=episodes,
-        progress=False,
+def latency_config(args: argparse.Namespace) -> LatencyConfig:
+    """How every search times its candidates (``--latency-*``, ``--threads``)."""
+    return LatencyConfig(
+        batch_size=args.latency_batch_size,
+        repeats=args.latency_repeats,
+        threads=args.threads,
+        backend=args.latency_backend,
     )
-    if result.best is None:
-        raise RlpruneError(f"the search in {run_dir} finished no episode; raise --episodes")
-    seconds = read_episode_seconds(run_dir / "episodes.csv")
-    history = [{**r, "seconds": s} for r, s in zip(recorder.episodes, seconds, strict=False)]
-    return {**result.best, "seconds": result.seconds, "history": history}
-
-
-def read_episode_seconds(path: Path) -> list[float]:
-    """The ``seconds`` column of a search's ``episodes.csv`` (wall time per episode)."""
-    lines = path.read_text().splitlines()
-    col = lines[0].split(",").index("seconds")
-    return [float(line.split(",")[col]) for line in lines[1:]]
 
 
 def make_env(
@@ -295,38 +254,25 @@ def search_strategy(
     args: argparse.Namespace,
     run_dir: Path,
 ) -> dict[str, Any]:
-    """Run one method; its best strategy, search seconds and per-episode history."""
-    latency = LatencyConfig(
-        batch_size=args.latency_batch_size,
-        repeats=args.latency_repeats,
-        threads=args.threads,
-        backend=args.latency_backend,
-    )
+    """Run one method in a fresh env; its strategy, search seconds and per-episode history.
+
+    Every search ends with the same final choice (:func:`select_strategy` of its top-k).
+    """
     cost = "macs" if method == "agent_macs" else "latency"
-    env = make_env(model, splits, target, cost, latency, args.reconstruct, args.round_to)
-    start = time.perf_counter()
-    if method == "uniform":
-        result = uniform_for_target(env)
-    elif method == "global":
-        result = global_for_target(env)
-    elif method == "random":
-        result = random_search(env, args.episodes, seed)
-    elif method == "sampled":
-        result = sampled_search(env, args.episodes, seed)
-    elif method == "tpe":
-        result = tpe_search(env, args.episodes, seed)
-    else:
-        warmup = args.warmup if args.warmup is not None else args.episodes // 3
-        result = run_agent(env, args.episodes, warmup, seed, run_dir)
-    seconds = result.get("seconds", time.perf_counter() - start)
+    env = make_env(
+        model, splits, target, cost, latency_config(args), args.reconstruct, args.round_to
+    )
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
+    settings = SearchSettings(args.episodes, seed, args.warmup, run_dir)
+    result = run_method("agent" if method == "agent_macs" else method, env, settings)
     found = {
         "strategy": result["strategy"],
-        "search_s": seconds,
-        "history": result.get("history", []),
+        "search_s": result["seconds"],
+        "history": result["history"],
         "env": env,
         "search_best_reward_acc": result.get("accuracy"),
     }
-    if method in SEARCH_METHODS:  # the same final choice for every search
+    if method in SEARCHES:
         t0 = time.perf_counter()
         selection = SelectionConfig(
             top_k=args.select_top_k, fine_tune_steps=args.select_steps, seed=seed
@@ -338,50 +284,27 @@ def search_strategy(
     return found
 
 
-def score(
-    env: ChannelPruningEnv,
-    strategy: Mapping[str, float],
-    splits: DataSplits,
-    fine_tune_epochs: int,
-    seed: int,
-    progress: bool,
-    augment: bool = False,
-) -> tuple[dict[str, float], nn.Module]:
-    """Accuracies of a strategy: BN-recalibrated (reward and test split) and fine-tuned (test).
-
-    The fine-tune anneals its learning rate to zero (cosine), the same recipe for every method.
-    """
-    pruned = env.prune(strategy)
-    row = {
-        "reward_acc": evaluate(pruned, splits.reward_val, env.device),
-        "test_acc": evaluate(pruned, splits.test, env.device),
-    }
-    if fine_tune_epochs > 0:
-        fine_tune(
-            pruned, splits.train, fine_tune_epochs, seed=seed, progress=progress, augment=augment
-        )
-        row["test_acc_ft"] = evaluate(pruned, splits.test, env.device)
-    macs, params = count_cost(pruned, env.example_input)
-    row["macs_ratio"] = macs / env.base_macs
-    row["params_ratio"] = params / env.base_params
-    return row, pruned
+def cell_scores(scored: ModelRow, env: ChannelPruningEnv) -> dict[str, float]:
+    """The accuracies (reward and test split; test after the fine-tune) and cost ratios of a
+    scored strategy, as a cell of the benchmark records them."""
+    accs = {"reward_acc": scored.reward_acc, "test_acc": scored.test_acc}
+    if scored.test_acc_finetuned is not None:
+        accs["test_acc_ft"] = scored.test_acc_finetuned
+    accs["macs_ratio"] = scored.macs / env.base_macs
+    accs["params_ratio"] = scored.params / env.base_params
+    return accs
 
 
-def time_together(
+def ratios_together(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],
     args: argparse.Namespace,
-    backend: str | None = None,
+    backend: str,
 ) -> dict[str, tuple[float, float, float]]:
-    """(latency ratio vs ``original``, spread, ms) of every model, timed interleaved in
-    ``backend`` (default ``--latency-backend``)."""
-    cfg = LatencyConfig(
-        batch_size=args.latency_batch_size,
-        repeats=max(args.latency_repeats, 30),
-        threads=args.threads,
-        backend=backend or args.latency_backend,
-    )
-    stats = compare_latency(models, input_shape, cfg, passes=args.latency_passes)
+    """(latency ratio vs ``original``, spread, ms) of every model, timed together
+    (:func:`agents.evaluation.time_together`) in ``backend``."""
+    config = replace(latency_config(args), backend=backend)
+    stats = time_together(models, input_shape, config, passes=args.latency_passes)
     base = stats["original"].median_ms
     return {k: (s.median_ms / base, s.spread, s.median_ms) for k, s in stats.items()}
 
@@ -409,7 +332,7 @@ def run_task_target(
     runtime = "" if args.latency_backend == "torch" else f"_{args.latency_backend}"
     runtime += f"_r{args.round_to}" if args.round_to else ""  # aligned widths: other cells too
     for method in methods:
-        deterministic = method not in SEARCH_METHODS
+        deterministic = method not in SEARCHES
         found = None
         for seed in seeds:
             key = f"{method}/s{seed}"
@@ -429,10 +352,11 @@ def run_task_target(
                 found = search_strategy(method, model, splits, target, seed, args, run_dir)
             t0 = time.perf_counter()
             epochs = args.fine_tune_epochs if seed in ft_seeds else 0
-            accs, pruned = score(
-                found["env"], found["strategy"], splits, epochs, seed, progress, augment
+            fine = FineTuneConfig(epochs, seed=seed, augment=augment, progress=progress)
+            scored = score_strategy(
+                key, found["strategy"], found["env"], splits, fine, reward_acc=True
             )
-            models[key] = pruned
+            models[key], accs = scored.model, cell_scores(scored, found["env"])
             # The env's own ratio: timed interleaved run by run with the original (cached by
             # shape, so free for latency searches); robust where best-of-passes is not.
             env_ratio = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
@@ -463,7 +387,7 @@ def run_task_target(
                 flush=True,
             )
     backends = list(dict.fromkeys([args.latency_backend, *csv_list(args.latency_backends)]))
-    timed = {b: time_together(models, splits.input_shape, args, b) for b in backends}
+    timed = {b: ratios_together(models, splits.input_shape, args, b) for b in backends}
     for row in rows:
         key = row.pop("key")
         row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[backends[0]][key]
@@ -478,7 +402,9 @@ def load_task(
     """The task's data splits and its trained (cached) base model with its training info."""
     task = TASKS[name]
     dataset = cifar10_source(args.cifar10, repo_root) if task.dataset == "cifar10" else task.dataset
-    splits = load_dataset(dataset, data_dir=args.data_dir, max_samples=task.max_samples)
+    splits = load_splits(
+        {"dataset": dataset, "data_dir": args.data_dir, "max_samples": task.max_samples}
+    )
     cfg = TrainConfig(**dict(task.train), seed=0, progress=not args.no_progress)
     model, info = get_base_model(task.model, splits, config=cfg, cache_dir=args.cache_dir)
     if args.reward_samples:  # only now: the base-model cache is keyed on the full splits
@@ -659,12 +585,7 @@ def throughput_scaling(args: argparse.Namespace) -> str:
     Untrained networks on mnist5k: the cost of an episode does not depend on the weights.
     """
     splits = load_dataset("mnist5k")
-    latency = LatencyConfig(
-        batch_size=args.latency_batch_size,
-        repeats=args.latency_repeats,
-        threads=args.threads,
-        backend=args.latency_backend,
-    )
+    latency = latency_config(args)
     lines = [SPLIT_HEAD]
     cases = [(m, 500) for m in ("vgg_small", "resnet20", "resnet56", "mobilenetv2_small")]
     cases += [("vgg_small", 250), ("vgg_small", 1000), ("resnet20", 250), ("resnet20", 1000)]
@@ -675,7 +596,7 @@ def throughput_scaling(args: argparse.Namespace) -> str:
         env = ChannelPruningEnv(
             model, splits.train, reward, PruningEnvConfig(latency=latency), model_name=name
         )
-        result = random_search(env, args.throughput_episodes, seed=0)
+        result = run_method("random", env, SearchSettings(args.throughput_episodes))
         label = f"{name}, reward split {len(reward.tensors[1])}"
         lines.append(split_row(label, env.num_units, episode_split(result["history"])))
         print(f"  throughput: {lines[-1]}", flush=True)

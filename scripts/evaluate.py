@@ -24,9 +24,10 @@ import common
 import torch
 from torch import nn
 
+from agents.evaluation import time_together
 from agents.finalize import state_dict_sha256
 from envs.backends import check_backend
-from envs.latency import LatencyConfig, LatencyStats, compare_latency
+from envs.latency import LatencyConfig, LatencyStats
 from envs.latency_table import device_name
 from envs.pruning import count_cost
 from models.atomic import write_json_atomic
@@ -83,7 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
     common.add_latency_backend_arg(g)
     g.add_argument("--passes", type=int, default=5, help="interleaved passes; the best is kept")
-    g.add_argument("--repeats", type=int, default=20, help="timed forwards per pass")
+    g.add_argument(
+        "--repeats",
+        type=int,
+        default=30,
+        help="timed forwards per pass (at least 30, the protocol of every reported latency)",
+    )
     g.add_argument("--warmup", type=int, default=3, help="untimed forwards per pass")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
     return p.parse_args(argv)
@@ -347,21 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     nets["pruned"] = pruned
 
     latency_cfg = LatencyConfig(
-        device=str(device),
         batch_size=args.latency_batch_size,
         warmup=args.warmup,
         repeats=args.repeats,
         threads=args.threads,
         backend=args.latency_backend,
     )
-    latency = compare_latency(nets, splits.input_shape, latency_cfg, passes=args.passes)
+    latency = time_together(
+        nets, splits.input_shape, latency_cfg, passes=args.passes, device=device
+    )
+    repeats = latency["pruned"].n
     sizes = {"pruned": args.pruned_model.stat().st_size}
     if "original" in nets:
         sizes["original"] = file_bytes(nets["original"])
     rows = {n: measure(m, splits, latency[n], sizes[n], device) for n, m in nets.items()}
     print(table(rows, args.latency_batch_size))
     print(
-        f"latency: median of {args.repeats} forwards, best of {args.passes} interleaved passes, "
+        f"latency: median of {repeats} forwards, best of {args.passes} interleaved passes, "
         f"{args.latency_backend} on {device} ({device_name(str(device))}), {args.threads} "
         "thread(s); +- is the interquartile range / median"
     )
@@ -377,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 "backend": args.latency_backend,
                 "device_name": device_name(str(device)),
                 "passes": args.passes,
-                "repeats": args.repeats,
+                "repeats": repeats,
             },
             "input_shape": recipe["input_shape"],
             "class_names": recipe.get("class_names"),

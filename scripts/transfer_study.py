@@ -30,13 +30,13 @@ from typing import Any
 import common
 import torch
 
-from agents.ddpg import AgentConfig, load_agent, make_agent, saved_features
-from agents.finalize import compare_strategies
+from agents.ddpg import load_agent, saved_features
+from agents.evaluation import FineTuneConfig, compare_strategies
+from agents.methods import SearchSettings, agent_search, run_method
 from agents.pretrained import default_agent
-from agents.search import run_search
 from agents.transfer import prepare_warm_start, rollout
 from agents.workload import build_workload, load_splits
-from envs.baselines import sampled_search, uniform_for_target
+from envs.baselines import uniform_for_target
 from models.atomic import write_json_atomic, write_text_atomic
 from models.errors import RlpruneError
 from models.training import resolve_device
@@ -87,32 +87,21 @@ def search_strategies(
     env, agent_path: str, episodes: int, seed: int, run_dir: Path, random_episodes: int = 0
 ) -> dict:
     """Strategy and policy seconds of every stochastic method for one seed."""
-    out: dict[str, tuple[dict, float]] = {}
     t0 = time.perf_counter()
-    agent = load_agent(agent_path, env)
-    prepare_warm_start(agent, seed=seed)
-    warm = run_search(
-        agent, run_dir / f"warm_s{seed}", episodes, max_units=env.num_units, progress=False
+    agent = prepare_warm_start(load_agent(agent_path, env), seed=seed)
+    warm = agent_search(
+        env, SearchSettings(episodes, seed, run_dir=run_dir / f"warm_s{seed}"), agent
     )
-    out["warm-start N"] = (warm.best["strategy"], time.perf_counter() - t0)
-    for label, n in (("scratch N", episodes), ("scratch 3N", 3 * episodes)):
+    out = {"warm-start N": (warm["strategy"], time.perf_counter() - t0)}
+    searches = [("scratch N", "agent", episodes), ("scratch 3N", "agent", 3 * episodes)]
+    searches += [("sampled N", "sampled", episodes), ("sampled R", "sampled", random_episodes)]
+    for label, method, n in searches:
+        if n < 1:  # no --random-episodes
+            continue
         t0 = time.perf_counter()
-        config = AgentConfig(warmup_episodes=max(n // 3, 1), seed=seed, episodes=n)
-        scratch = make_agent(env, config, num_units=env.num_units)
-        result = run_search(
-            scratch,
-            run_dir / f"{label.replace(' ', '_')}_s{seed}",
-            n,
-            max_units=env.num_units,
-            progress=False,
-        )
-        out[label] = (result.best["strategy"], time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    out["sampled N"] = (sampled_search(env, episodes, seed)["strategy"], time.perf_counter() - t0)
-    if random_episodes > 0:
-        t0 = time.perf_counter()
-        best = sampled_search(env, random_episodes, seed)["strategy"]
-        out["sampled R"] = (best, time.perf_counter() - t0)
+        logs = run_dir / f"{label.replace(' ', '_')}_s{seed}"  # the agent's run directory
+        found = run_method(method, env, SearchSettings(n, seed, run_dir=logs))
+        out[label] = (found["strategy"], time.perf_counter() - t0)
     return out
 
 
@@ -135,14 +124,8 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
         ).items():
             key = f"{method} s{seed}"
             strategies[key], seconds[key], labels[key] = strategy, secs, (method, seed)
-    rows = compare_strategies(
-        env,
-        strategies,
-        splits,
-        fine_tune_epochs=args.fine_tune_epochs,
-        seed=seeds[0],
-        progress=False,
-    )
+    fine = FineTuneConfig(args.fine_tune_epochs, seed=seeds[0])
+    rows = compare_strategies(env, strategies, splits, fine, reward_acc=True)
     base = rows[0]
     out = []
     for row in rows[1:]:
@@ -153,7 +136,7 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
                 "units": env.num_units,
                 "method": method,
                 "seed": seed,
-                "reward_acc": env.evaluate_strategy(strategies[row.name])["accuracy"],
+                "reward_acc": row.reward_acc,
                 "test_acc": row.test_acc,
                 "test_acc_ft": row.test_acc_finetuned,
                 "latency_ratio": row.latency_ms / base.latency_ms,

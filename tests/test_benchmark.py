@@ -57,7 +57,7 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     agent = next(r for r in rows if r["method"] == "agent")
     assert len(agent["history"]) == 3 and agent["history"][0]["seconds"] > 0
     assert (out / "runs" / "tiny_t0.8_agent_s0" / "episodes.csv").is_file()
-    for method in benchmark.SEARCH_METHODS:  # every search went through the final selection
+    for method in benchmark.SEARCHES:  # every search went through the final selection
         row = next(r for r in rows if r["method"] == method)
         assert row["selected_rank"] in (0, 1) and row["select_s"] > 0
 
