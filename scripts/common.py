@@ -28,6 +28,7 @@ from envs.pruning_env import PruningEnvConfig  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, Preprocessing, load_dataset, renormalized  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
+from models.training import TrainConfig  # noqa: E402
 from models.zoo import DEFAULT_MODEL  # noqa: E402
 
 #: Options a described dataset name (``DataSplits.name``, e.g. ``mnist5k@seed=1,max=1000``) holds.
@@ -52,7 +53,10 @@ def add_data_args(p: argparse.ArgumentParser, model_help: str | None = None) -> 
     g.add_argument("--max-samples", type=int, default=None, help="stratified subset of the data")
     g.add_argument("--image-size", type=int, default=None, help="resize imagefolder images")
     g.add_argument(
-        "--base-epochs", type=int, default=None, help="base-model training epochs (default 8)"
+        "--base-epochs",
+        type=int,
+        default=None,
+        help=f"base-model training epochs (default {TrainConfig.epochs})",
     )
     g.add_argument(
         "--cache-dir", default=None, help="base-model cache ($RLPRUNE_CACHE or ~/.cache/rlprune)"
