@@ -89,12 +89,7 @@ def collect_results(vec_env: VecEnv, env: ChannelPruningEnv) -> int:
 
     Returns the number of architectures new to ``env``.
     """
-    cache = env._cache  # the env's store of evaluated architectures, keyed by kept channels
-    before = len(cache)
-    for results in vec_env.env_method("evaluated_results"):
-        for result in results:
-            cache.setdefault(tuple(result["kept_channels"][u.name] for u in env.units), result)
-    return len(cache) - before
+    return sum(env.add_results(results) for results in vec_env.env_method("evaluated_results"))
 
 
 class LockedLatency:

@@ -474,6 +474,15 @@ class ChannelPruningEnv(gym.Env):
         :meth:`evaluate_strategy` results, without ``strategy``; ``kept_channels`` names it)."""
         return [dict(result) for result in self._cache.values()]
 
+    def add_results(self, results: Sequence[Mapping[str, Any]]) -> int:
+        """Adds architectures evaluated elsewhere (another worker's copy of this env, see
+        :meth:`evaluated_results`) to the result cache; returns how many were new."""
+        before = len(self._cache)
+        for result in results:
+            key = tuple(result["kept_channels"][u.name] for u in self.units)
+            self._cache.setdefault(key, dict(result))
+        return len(self._cache) - before
+
     def cost_ratio(self, result: Mapping[str, Any]) -> float:
         """The cost ratio the env's target applies to, from an :meth:`evaluate_strategy` result."""
         return self.cost.measured(result)
