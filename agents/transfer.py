@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.ddpg import AMCDDPG, DecayingTruncatedNormalNoise
+from envs.baselines import project_to_target, run_strategy
 from envs.pruning_env import ChannelPruningEnv
 
 
@@ -24,6 +25,32 @@ def rollout(agent: AMCDDPG, env: ChannelPruningEnv, seed: int = 0) -> dict[str, 
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return info
+
+
+def zero_shot(agent: AMCDDPG, env: ChannelPruningEnv, seed: int = 0) -> dict[str, Any]:
+    """The agent's zero-shot strategy for ``env``, its allocation fitted to the target's budget.
+
+    A policy trained on other networks often cuts more than a new network's target needs (its
+    sense of how much each unit costs is off), and the action wall only ever raises ratios. So
+    the deterministic rollout's per-unit ratios are also used as *propensities*: scaled together
+    (:func:`envs.baselines.project_to_target`) until the estimated cost just meets the target,
+    which keeps the policy's ranking of the units and spends the whole budget. Both strategies
+    are evaluated (two episodes, no search) and the one with the higher reward is returned, with
+    ``zero_shot`` = ``"policy"`` or ``"projected"`` and the other's record under ``"alternative"``.
+    """
+    policy = rollout(agent, env, seed=seed)
+    lo, hi = env.config.min_ratio, env.config.max_ratio
+    propensity = [(policy["strategy"][u.name] - lo) / (hi - lo) for u in env.units]
+    projected = run_strategy(env, project_to_target(env, propensity))
+    records = {"policy": policy, "projected": projected}
+    best = max(records, key=lambda k: records[k]["reward"])  # ties: the policy's own
+    other = "projected" if best == "policy" else "policy"
+    return {**records[best], "zero_shot": best, "alternative": _summary(records[other])}
+
+
+def _summary(info: dict[str, Any]) -> dict[str, Any]:
+    keys = ("reward", "accuracy", "latency_ratio", "macs_ratio", "strategy")
+    return {k: info[k] for k in keys if k in info}
 
 
 def prepare_warm_start(

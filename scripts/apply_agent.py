@@ -33,7 +33,7 @@ from agents.finalize import (
 )
 from agents.methods import SearchSettings, agent_search, best_record
 from agents.pretrained import default_agent
-from agents.transfer import prepare_warm_start, rollout
+from agents.transfer import prepare_warm_start, zero_shot
 from agents.workload import build_workload, load_splits
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
@@ -126,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = common.claim_run_dir(args.output_dir, args.name or name, settings)
 
     t0 = time.perf_counter()
-    best = {**rollout(agent, env, seed=args.seed), "episode": 0}
-    timings["zero-shot episode"] = time.perf_counter() - t0
+    best = {**zero_shot(agent, env, seed=args.seed), "episode": 0}
+    timings["zero-shot episodes"] = time.perf_counter() - t0
+    other = best["alternative"]
     print(
-        f"zero-shot: reward-split accuracy {best['accuracy']:.4f}, latency ratio "
-        f"{best['latency_ratio']:.3f}, MACs ratio {best['macs_ratio']:.3f}"
+        f"zero-shot ({best['zero_shot']} strategy): reward-split accuracy {best['accuracy']:.4f}, "
+        f"latency ratio {best['latency_ratio']:.3f}, MACs ratio {best['macs_ratio']:.3f}; the "
+        f"{'policy' if best['zero_shot'] == 'projected' else 'projected'} strategy: "
+        f"{other['accuracy']:.4f} at latency ratio {other['latency_ratio']:.3f}"
     )
     (run_dir / "zero_shot_strategy.json").write_text(json.dumps(best, indent=2, default=str))
     if args.episodes > 0:

@@ -1,7 +1,9 @@
 """How well does a trained agent transfer? Zero-shot vs warm start vs from scratch vs random search.
 
-For each network the agent never saw, at the same target: the agent's zero-shot strategy (one
-deterministic episode), a warm-started search of ``--episodes`` (N) from the agent, from-scratch
+For each network the agent never saw, at the same target: the agent's zero-shot strategy (its
+deterministic episode, and that strategy's allocation scaled to just meet the target, the better
+of the two by reward: :func:`agents.transfer.zero_shot`; the row ``zero-shot (policy)`` is the
+policy's episode alone), a warm-started search of ``--episodes`` (N) from the agent, from-scratch
 searches of N and 3N episodes, EagleEye-style random search (``sampled``) of N episodes (and of R
 episodes with ``--random-episodes R``, e.g. 300: the bar a zero-shot policy would ideally clear),
 and uniform pruning. The stochastic methods run once per seed of ``--seeds``. Every strategy is BN-
@@ -34,7 +36,7 @@ from agents.ddpg import load_agent, saved_features
 from agents.evaluation import FineTuneConfig, compare_strategies
 from agents.methods import SearchSettings, agent_search, run_method
 from agents.pretrained import default_agent
-from agents.transfer import prepare_warm_start, rollout
+from agents.transfer import prepare_warm_start, zero_shot
 from agents.workload import build_workload, load_splits
 from envs.baselines import uniform_for_target
 from models.atomic import write_json_atomic, write_text_atomic
@@ -44,6 +46,7 @@ from models.training import resolve_device
 #: Methods in table order; those with a seed suffix run once per seed.
 METHODS = (
     "zero-shot",
+    "zero-shot (policy)",
     "warm-start N",
     "scratch N",
     "scratch 3N",
@@ -113,11 +116,13 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
     seeds = _seeds(args.seeds)
     t0 = time.perf_counter()
     agent = load_agent(args.agent, env)
-    zero = rollout(agent, env, seed=seeds[0])["strategy"]
-    strategies: dict[str, dict] = {"zero-shot": zero}
+    zero = zero_shot(agent, env, seed=seeds[0])
+    policy = zero if zero["zero_shot"] == "policy" else zero["alternative"]
+    strategies: dict[str, dict] = {"zero-shot": zero["strategy"]}
     seconds = {"zero-shot": time.perf_counter() - t0}
+    strategies["zero-shot (policy)"] = policy["strategy"]
     strategies["uniform"] = uniform_for_target(env)["strategy"]
-    labels = {"zero-shot": ("zero-shot", None), "uniform": ("uniform", None)}
+    labels = {k: (k, None) for k in strategies}
     for seed in [] if args.zero_shot_only else seeds:
         for method, (strategy, secs) in search_strategies(
             env, args.agent, args.episodes, seed, run_dir / name, args.random_episodes

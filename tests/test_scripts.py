@@ -97,7 +97,7 @@ def run_agent_on_resnet20(script, model_flag, trained_run, out):
 def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
     proc = run_agent_on_resnet20("apply_agent.py", "--model", trained_run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "zero-shot:" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
+    assert "zero-shot (" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
     out = tmp_path / "apply_resnet20_digits_macs0.5_s0"
     assert (out / "pruned_model.pt").is_file() and (out / "zero_shot_strategy.json").is_file()
 
@@ -127,6 +127,7 @@ def test_transfer_study_table(trained_run, tmp_path):
     # deterministic methods once, the searches once per seed
     assert seeds == {
         "zero-shot": [None],
+        "zero-shot (policy)": [None],
         "uniform": [None],
         "warm-start N": [0, 1],
         "scratch N": [0, 1],
@@ -205,7 +206,7 @@ def test_apply_agent_and_transfer_study_default_to_the_shipped_agent(trained_run
     proc = run("apply_agent.py", "--model", "resnet20", *TINY, "--output-dir", str(tmp_path),
                cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"agent: the shipped {entry['name']}" in proc.stdout and "zero-shot:" in proc.stdout
+    assert f"agent: the shipped {entry['name']}" in proc.stdout and "zero-shot (" in proc.stdout
     recipe = json.loads((tmp_path / "apply_resnet20_digits_macs0.5_s0" / "pruned_model.json")
                         .read_text())  # fmt: skip
     assert recipe["recipe"]["agent"] == str(path)
@@ -213,4 +214,4 @@ def test_apply_agent_and_transfer_study_default_to_the_shipped_agent(trained_run
                "--output-dir", str(tmp_path), cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "transfer_digits" / "transfer.json").read_text())["rows"]
-    assert sorted(r["method"] for r in rows) == ["uniform", "zero-shot"]
+    assert sorted(r["method"] for r in rows) == ["uniform", "zero-shot", "zero-shot (policy)"]

@@ -6,7 +6,7 @@ from fakes import MacsLatency
 
 from agents.ddpg import AgentConfig, make_agent
 from agents.search import run_search
-from agents.transfer import MultiModelEnv, prepare_warm_start, rollout
+from agents.transfer import MultiModelEnv, prepare_warm_start, rollout, zero_shot
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.training import TrainConfig, get_base_model
 
@@ -73,3 +73,25 @@ def test_multi_model_env_alternates_networks(make_env, tmp_path):
     assert set(result.bests) == {"vgg_small", "resnet20"}
     assert (tmp_path / "best_strategy_vgg_small.json").is_file()
     assert (tmp_path / "best_strategy_resnet20.json").is_file()
+
+
+def test_zero_shot_fits_the_policy_allocation_to_the_budget(trained_agent, make_env):
+    env = make_env("resnet20")
+    policy = rollout(trained_agent, env)
+    zero = zero_shot(trained_agent, env)
+    records = {zero["zero_shot"]: zero, "policy" if zero["zero_shot"] == "projected" else
+               "projected": zero["alternative"]}  # fmt: skip
+    assert records["policy"]["strategy"] == policy["strategy"]
+    assert zero["reward"] == max(r["reward"] for r in records.values())
+    projected = records["projected"]["strategy"]
+    # the projection spends the budget: its MACs (the cost here) sit just under the target,
+    # at least as close to it as the policy's own strategy
+    assert records["projected"]["macs_ratio"] <= TARGET * 1.05
+    assert TARGET - records["projected"]["macs_ratio"] <= max(TARGET - policy["macs_ratio"], 0.02)
+    # and keeps the policy's ranking of the units: a unit the policy cut more is cut as much,
+    # up to the rounding of each ratio to a whole number of channels
+    width = {u.name: u.out_channels for u in env.units}
+    for a in width:
+        for b in width:
+            if policy["strategy"][a] > policy["strategy"][b]:
+                assert projected[a] >= projected[b] - 1 / width[a] - 1 / width[b], (a, b)
