@@ -167,7 +167,9 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float | None]) -> str:
+    if any(v is None for v in values):  # e.g. no fine-tuned accuracy with --fine-tune-epochs 0
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
