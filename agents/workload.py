@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from envs.features import DEFAULT_FEATURES, check_features
-from envs.latency import LatencyConfig
+from agents.config import DataConfig, RunConfig, default
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.data import DataSplits, default_cache_dir, load_dataset
 from models.errors import CheckpointError, DatasetError, RlpruneError, UnknownModelError
@@ -45,7 +44,7 @@ class Workload:
 
 
 def load_splits(settings: dict[str, Any]) -> DataSplits:
-    """The dataset named by ``settings`` (dataset, data_dir, download, seed, max_samples...).
+    """The dataset named by ``settings`` (dataset, data_dir, download, data_seed, max_samples...).
 
     Raises:
         DatasetError: The dataset cannot be loaded, or has fewer than 2 classes (accuracy,
@@ -55,7 +54,7 @@ def load_splits(settings: dict[str, Any]) -> DataSplits:
         settings["dataset"],
         data_dir=settings.get("data_dir"),
         download=settings.get("download", False),
-        seed=settings.get("data_seed", 0),
+        seed=settings.get("data_seed", DataConfig.data_seed),
         max_samples=settings.get("max_samples"),
         image_size=settings.get("image_size"),
     )
@@ -120,33 +119,9 @@ def load_user_weights(
 
 
 def env_config(settings: dict[str, Any]) -> PruningEnvConfig:
-    """The environment settings from a flat settings dict (the scripts' ``config.json``)."""
-    return PruningEnvConfig(
-        target=settings["target"],
-        cost=settings["cost"],
-        reward=settings["reward"],
-        min_ratio=settings["min_ratio"],
-        max_ratio=settings["max_ratio"],
-        importance=settings["importance"],
-        round_to=settings.get("round_to"),
-        bn_batches=settings["bn_batches"],
-        reconstruct=settings.get("reconstruct", False),
-        features=feature_names(settings.get("features")),
-        latency=LatencyConfig(
-            batch_size=settings["latency_batch_size"],
-            repeats=settings["latency_repeats"],
-            threads=settings.get("threads"),
-            backend=settings.get("latency_backend", "torch"),
-        ),
-    )
-
-
-def feature_names(value: str | list[str] | None) -> tuple[str, ...]:
-    """``--features`` (comma-separated, a list from config.json, or None: the default set)."""
-    if value is None:
-        return DEFAULT_FEATURES
-    names = value.split(",") if isinstance(value, str) else value
-    return check_features([n.strip() for n in names if n.strip()])
+    """The environment settings from flat settings (the scripts' ``config.json``); a missing
+    key keeps its :class:`PruningEnvConfig` / :class:`LatencyConfig` default."""
+    return RunConfig.from_settings(settings).env
 
 
 def build_workload(
@@ -186,11 +161,9 @@ def build_workload(
         model, info = load_user_weights(model_name, splits, settings, device)
     else:
         check_user_model(model_name, splits)
-        train_cfg = TrainConfig(seed=settings.get("seed", 0), progress=progress)
-        if settings.get("base_epochs"):
-            train_cfg = TrainConfig(
-                epochs=settings["base_epochs"], seed=settings.get("seed", 0), progress=progress
-            )
+        seed = settings.get("seed", default("seed"))
+        epochs = settings.get("base_epochs") or TrainConfig.epochs
+        train_cfg = TrainConfig(epochs=epochs, seed=seed, progress=progress)
         model, info = get_base_model(
             model_name, splits, config=train_cfg, device=device, cache_dir=settings.get("cache_dir")
         )

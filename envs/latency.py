@@ -38,10 +38,11 @@ class LatencyConfig:
 
     Attributes:
         device: Where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the model must be there.
-        batch_size: Samples per forward pass.
+        batch_size: Samples per forward pass (16: the product default of every script).
         warmup: Untimed forward passes before timing (per model and pass).
         repeats: Timed forward passes.
         threads: ``torch.set_num_threads`` during measurement (restored after); None keeps it.
+            1 is stable on a shared machine; use your deployment's.
         rel_tol: :meth:`LatencyMeter.ratio` stops once the candidate/reference ratio is known to
             within this relative 95% half-width (0.02: +-2%); ``repeats`` pairs at most. None
             times all ``repeats``. Ignored by :func:`measure_latency` and
@@ -58,10 +59,10 @@ class LatencyConfig:
     """
 
     device: str = "cpu"
-    batch_size: int = 1
+    batch_size: int = 16
     warmup: int = 3
     repeats: int = 20
-    threads: int | None = None
+    threads: int | None = 1
     rel_tol: float | None = 0.02
     min_repeats: int = 5
     pause_ms: float = 0.5

@@ -52,6 +52,7 @@ from torch.utils.data import TensorDataset
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agents.config import default  # noqa: E402
 from agents.evaluation import FineTuneConfig, ModelRow, score_strategy, time_together  # noqa: E402
 from agents.methods import RULES, SEARCH_METHODS, SearchSettings, run_method  # noqa: E402
 from agents.selection import SelectionConfig, select_strategy  # noqa: E402
@@ -172,9 +173,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--reward-samples", type=int, default=None, help="cap the reward split (stratified)"
     )
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for everything")
-    p.add_argument("--latency-batch-size", type=int, default=16)
-    p.add_argument("--latency-repeats", type=int, default=20, help="timed runs per measurement")
+    p.add_argument(
+        "--threads", type=int, default=default("threads"), help="CPU threads for everything"
+    )
+    p.add_argument("--latency-batch-size", type=int, default=default("latency_batch_size"))
+    p.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=default("latency_repeats"),
+        help="timed runs per measurement",
+    )
     p.add_argument("--latency-passes", type=int, default=5, help="passes of the final timing")
     common.add_latency_backend_arg(p)
     p.add_argument(

@@ -20,16 +20,15 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.config import default  # noqa: E402
 from agents.workload import Workload, env_config  # noqa: E402
 from envs.backends import BACKENDS, check_backend  # noqa: E402
 from envs.latency_table import check_table_settings, load_table  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
-from envs.pruning_env import PruningEnvConfig  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, Preprocessing, load_dataset, renormalized  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
 from models.training import TrainConfig  # noqa: E402
-from models.zoo import DEFAULT_MODEL  # noqa: E402
 
 #: Options a described dataset name (``DataSplits.name``, e.g. ``mnist5k@seed=1,max=1000``) holds.
 DATASET_OPTIONS = {"seed": ("seed", int), "max": ("max_samples", int), "size": ("image_size", int)}
@@ -40,29 +39,57 @@ def add_data_args(p: argparse.ArgumentParser, model_help: str | None = None) -> 
     g = p.add_argument_group("model and data")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=default("model"),
         help=model_help or "zoo or torchvision name, or package.module:callable (--list-models)",
     )
     g.add_argument(
         "--dataset",
-        default="mnist5k",
+        default=default("dataset"),
         help="mnist5k, digits, mnist, fashion-mnist, cifar10 or imagefolder:PATH",
     )
-    g.add_argument("--data-dir", default=None, help="where torchvision datasets are stored")
+    g.add_argument(
+        "--data-dir", default=default("data_dir"), help="where torchvision datasets are stored"
+    )
     g.add_argument("--download", action="store_true", help="download a torchvision dataset")
-    g.add_argument("--max-samples", type=int, default=None, help="stratified subset of the data")
-    g.add_argument("--image-size", type=int, default=None, help="resize imagefolder images")
+    g.add_argument(
+        "--max-samples",
+        type=int,
+        default=default("max_samples"),
+        help="stratified subset of the data",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=default("image_size"), help="resize imagefolder images"
+    )
+    add_data_seed_arg(g)
     g.add_argument(
         "--base-epochs",
         type=int,
-        default=None,
+        default=default("base_epochs"),
         help=f"base-model training epochs (default {TrainConfig.epochs})",
     )
     g.add_argument(
-        "--cache-dir", default=None, help="base-model cache ($RLPRUNE_CACHE or ~/.cache/rlprune)"
+        "--cache-dir",
+        default=default("cache_dir"),
+        help="base-model cache ($RLPRUNE_CACHE or ~/.cache/rlprune)",
     )
     g.add_argument("--list-models", action="store_true", help="print the model names and exit")
     g.add_argument("--list-datasets", action="store_true", help="print the datasets and exit")
+
+
+def add_data_seed_arg(g: argparse._ActionsContainer) -> None:
+    """--data-seed: which images go to train, reward and test (not the search's --seed)."""
+    g.add_argument(
+        "--data-seed",
+        type=int,
+        default=default("data_seed"),
+        help="seed of the data split (which images go to train/reward/test); base models are "
+        "cached per split. Not --seed, the search's",
+    )
+
+
+def add_seed_arg(g: argparse._ActionsContainer, what: str) -> None:
+    """--seed: the search seed (agent, base-model training, fine-tunes), not the data split's."""
+    g.add_argument("--seed", type=int, default=default("seed"), help=what)
 
 
 def add_weights_arg(p: argparse.ArgumentParser) -> None:
@@ -70,7 +97,7 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         type=lambda path: str(Path(path).expanduser().absolute()),
-        default=None,
+        default=default("weights"),
         metavar="STATE_DICT.pt",
         help="your trained weights for --model (torch.save(model.state_dict(), path)): no base "
         "model is trained; the run records the file's sha256",
@@ -90,19 +117,46 @@ def print_weights(work: Workload) -> None:
 def add_env_args(p: argparse.ArgumentParser) -> None:
     """Target, reward and pruning options of the environment, and the latency measurement."""
     g = p.add_argument_group("pruning target")
-    g.add_argument("--target", type=float, default=0.5, help="target as a fraction of original")
     g.add_argument(
-        "--cost", choices=("latency", "macs"), default="latency", help="what --target constrains"
+        "--target", type=float, default=default("target"), help="target as a fraction of original"
     )
-    g.add_argument("--reward", choices=sorted(REWARDS), default="acc", help="reward function")
-    g.add_argument("--min-ratio", type=float, default=0.0, help="smallest pruning ratio of a unit")
-    g.add_argument("--max-ratio", type=float, default=0.8, help="largest pruning ratio of a unit")
-    g.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of N")
-    g.add_argument("--importance", choices=("l1", "l2"), default="l1", help="channel importance")
+    g.add_argument(
+        "--cost",
+        choices=("latency", "macs"),
+        default=default("cost"),
+        help="what --target constrains",
+    )
+    g.add_argument(
+        "--reward", choices=sorted(REWARDS), default=default("reward"), help="reward function"
+    )
+    g.add_argument(
+        "--min-ratio",
+        type=float,
+        default=default("min_ratio"),
+        help="smallest pruning ratio of a unit",
+    )
+    g.add_argument(
+        "--max-ratio",
+        type=float,
+        default=default("max_ratio"),
+        help="largest pruning ratio of a unit",
+    )
+    g.add_argument(
+        "--round-to",
+        type=int,
+        default=default("round_to"),
+        help="keep channel counts multiples of N",
+    )
+    g.add_argument(
+        "--importance",
+        choices=("l1", "l2"),
+        default=default("importance"),
+        help="channel importance",
+    )
     g.add_argument(
         "--bn-batches",
         type=int,
-        default=PruningEnvConfig.bn_batches,
+        default=default("bn_batches"),
         help="batches for BN recalibration",
     )
     g.add_argument(
@@ -116,29 +170,44 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated observation features (default: all of envs.features.ALL_FEATURES; "
         "a subset for ablations)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of agent, base model and fine-tune")
+    add_seed_arg(g, "search seed: agent, base-model training and fine-tune (not the data split)")
     g = p.add_argument_group("latency")
     g.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N: where the network runs"
+        "--device",
+        default=default("device"),
+        help="auto, cpu, cuda or cuda:N: where the network runs",
     )
-    g.add_argument(
-        "--latency-batch-size", type=int, default=16, help="batch size of latency measurements"
-    )
-    g.add_argument("--latency-repeats", type=int, default=20, help="timed runs per measurement")
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads while timing (1 is stable on a shared machine; use your deployment's)",
-    )
+    add_latency_timing_args(g)
     add_latency_backend_arg(g)
     g.add_argument(
         "--latency-table",
         type=lambda path: str(Path(path).expanduser().absolute()),
-        default=None,
+        default=default("latency_table"),
         metavar="FILE",
         help="per-layer latency table measured on another device (scripts/latency_table.py): "
         "the search's latency is its estimate, not timed here; final latencies are timed here",
+    )
+
+
+def add_latency_timing_args(g: argparse._ActionsContainer) -> None:
+    """--latency-batch-size, --latency-repeats and --threads, defaulting to LatencyConfig's."""
+    g.add_argument(
+        "--latency-batch-size",
+        type=int,
+        default=default("latency_batch_size"),
+        help="batch size of latency measurements",
+    )
+    g.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=default("latency_repeats"),
+        help="timed runs per measurement",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=default("threads"),
+        help="CPU threads while timing (1 is stable on a shared machine; use your deployment's)",
     )
 
 
@@ -147,7 +216,7 @@ def add_latency_backend_arg(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--latency-backend",
         choices=BACKENDS,
-        default="torch",
+        default=default("latency_backend"),
         help="runtime models are timed in: eager PyTorch, TorchScript or ONNX Runtime (the "
         "onnx extra); use the one you deploy with",
     )
@@ -159,13 +228,13 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--envs",
         type=int,
-        default=1,
+        default=default("envs"),
         help="episodes evaluated in parallel, each in its own worker process (or Ray actor); "
         "latency is still timed one candidate at a time",
     )
     g.add_argument(
         "--ray-address",
-        default=None,
+        default=default("ray_address"),
         metavar="ADDR",
         help="evaluate the episodes on Ray actors of the cluster at ADDR ('local': start Ray "
         'here; the ray extra: pip install -e ".[ray]")',
@@ -175,9 +244,18 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """Fine-tuning of the result and where the run is written."""
     g = p.add_argument_group("output")
-    g.add_argument("--fine-tune-epochs", type=int, default=2, help="fine-tune epochs after search")
-    g.add_argument("--output-dir", default="runs", help="parent directory of run directories")
-    g.add_argument("--name", default=None, help="run directory name (default: from the settings)")
+    g.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=default("fine_tune_epochs"),
+        help="fine-tune epochs after search",
+    )
+    g.add_argument(
+        "--output-dir", default=default("output_dir"), help="parent directory of run directories"
+    )
+    g.add_argument(
+        "--name", default=default("name"), help="run directory name (default: from the settings)"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

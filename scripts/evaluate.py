@@ -24,6 +24,7 @@ import common
 import torch
 from torch import nn
 
+from agents.config import default
 from agents.evaluation import time_together
 from agents.finalize import state_dict_sha256
 from envs.backends import check_backend
@@ -79,9 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--base-seed", type=int, default=None, help="pick (or train) the original of this seed"
     )
     g = p.add_argument_group("measurement")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--latency-batch-size", type=int, default=16, help="images per timed forward")
-    g.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
+    g.add_argument("--device", default=default("device"), help="auto, cpu, cuda or cuda:N")
+    g.add_argument(
+        "--latency-batch-size",
+        type=int,
+        default=default("latency_batch_size"),
+        help="images per timed forward",
+    )
+    g.add_argument(
+        "--threads", type=int, default=default("threads"), help="CPU threads while timing"
+    )
     common.add_latency_backend_arg(g)
     g.add_argument("--passes", type=int, default=5, help="interleaved passes; the best is kept")
     g.add_argument(

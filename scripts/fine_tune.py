@@ -14,6 +14,7 @@ from pathlib import Path
 
 import common
 
+from agents.config import default
 from agents.finalize import save_pruned_atomic
 from models.errors import RlpruneError
 from models.training import evaluate, fine_tune, resolve_device
@@ -35,8 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--output", type=Path, default=None, help="where to save (default: <input stem>_ft.pt)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--seed", type=int, default=default("seed"), help="fine-tune seed (the batch order)"
+    )
+    p.add_argument("--device", default=default("device"), help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p.parse_args(argv)
 

@@ -22,6 +22,7 @@ import argparse
 import common
 import torch
 
+from agents.config import default
 from agents.workload import load_splits
 from envs.latency import LatencyConfig
 from envs.latency_table import calibrate_table, measure_table, save_table
@@ -45,8 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--image-size", type=int, default=None, help="resize imagefolder images")
     g = p.add_argument_group("latency (as the search will be given them)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    g.add_argument("--latency-batch-size", type=int, default=16, help="batch size")
-    g.add_argument("--threads", type=int, default=1, help="threads while timing")
+    g.add_argument(
+        "--latency-batch-size", type=int, default=default("latency_batch_size"), help="batch size"
+    )
+    g.add_argument("--threads", type=int, default=default("threads"), help="threads while timing")
     common.add_latency_backend_arg(g)
     g.add_argument("--latency-repeats", type=int, default=50, help="timed runs per measurement")
     g.add_argument(
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RlpruneError(f"--calibration-ratios must be in (0, 1), got {args.calibration_ratios}")
     common.check_writable_file(args.output, "--output")
     device = resolve_device(args.device)
-    settings = {**vars(args), "max_samples": None, "data_seed": 0}
+    settings = {**vars(args), "max_samples": None, "data_seed": default("data_seed")}
     splits = load_splits(settings)
     torch.manual_seed(0)
     model = build_model(args.model, splits.input_shape, splits.num_classes).to(device).eval()

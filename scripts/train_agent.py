@@ -27,6 +27,7 @@ from pathlib import Path
 import common
 import torch
 
+from agents.config import RunConfig, default, load_run_config
 from agents.ddpg import AgentConfig, agent_config_dict, make_agent
 from agents.finalize import (
     compare_with_uniform,
@@ -62,20 +63,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--episodes",
         type=int,
-        default=300,
+        default=default("episodes"),
         help="search episodes, warm-up included; with --resume the new total",
     )
-    g.add_argument("--warmup", type=int, default=100, help="episodes of random actions first")
+    g.add_argument(
+        "--warmup", type=int, default=default("warmup"), help="episodes of random actions first"
+    )
     g.add_argument(
         "--select-top-k",
         type=int,
-        default=SelectionConfig.top_k,
+        default=default("select_top_k"),
         help="final choice: re-score this many of the search's best architectures (1: off)",
     )
     g.add_argument(
         "--select-steps",
         type=int,
-        default=SelectionConfig.fine_tune_steps,
+        default=default("select_steps"),
         help="fine-tune steps of that re-scoring (batch 64, annealed)",
     )
     g.add_argument(
@@ -93,7 +96,8 @@ RESUME_FLAGS = {"--resume", "--episodes", "--no-progress", "--ray-address"}
 
 
 def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) -> dict:
-    """The settings of the run being resumed; ``--episodes`` sets its new total.
+    """The flat settings of the run being resumed (its config.json, also one written by an
+    earlier rlprune: see :func:`load_run_config`); ``--episodes`` sets its new total.
 
     Raises:
         CheckpointError: ``run_dir`` is not a train_agent.py run directory.
@@ -111,7 +115,7 @@ def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) ->
             f"--no-progress can change (and --ray-address, where episodes run), not "
             f"{', '.join(changed)}"
         )
-    settings = json.loads(path.read_text())
+    settings = load_run_config(path).to_settings()
     settings["no_progress"] = args.no_progress
     if "--episodes" in given:
         settings["episodes"] = args.episodes
@@ -150,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         check_search_settings(settings)
         common.lock_run_dir(run_dir)
     else:
-        settings = {k: v for k, v in vars(args).items() if not k.startswith("list_")}
-        check_search_settings(settings)
+        check_search_settings(vars(args))
+        settings = RunConfig.from_settings(vars(args)).to_settings()
         common.check_writable_dir(args.output_dir, "--output-dir")
     progress = not settings["no_progress"]
     torch.manual_seed(settings["seed"])
@@ -182,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if state is not None:
             agent, state = resume(run_dir, search_env)
-            (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+            write_config(run_dir, settings)
             remaining = max(settings["episodes"] - state["episode"], 0)
             print(f"resuming {run_dir} at episode {state['episode']}, {remaining} to go")
         else:
             if args.resume:
                 print(f"{run_dir} has no checkpoint (stopped before its search began): starting it")
-                (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
+                write_config(run_dir, settings)
             else:
                 name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
                 name = args.name or name.replace(",", "+")
@@ -255,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def write_config(run_dir: Path, settings: dict) -> None:
+    """``run_dir/config.json``: the run's settings as :meth:`RunConfig.to_settings` writes them."""
+    config = RunConfig.from_settings(settings).to_settings()
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+
 def parallel_env(env, settings: dict):
     """``env`` itself, or with --envs N / --ray-address the SB3 VecEnv of N copies of it
     stepping in parallel (:mod:`agents.parallel`)."""
@@ -274,8 +284,8 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
     """
     env.evaluate_strategy(best["strategy"])  # in the env's cache, also after a --resume
     config = SelectionConfig(
-        top_k=settings.get("select_top_k", 1),  # runs saved before selection existed: off
-        fine_tune_steps=settings.get("select_steps", SelectionConfig.fine_tune_steps),
+        top_k=settings["select_top_k"],
+        fine_tune_steps=settings["select_steps"],
         seed=settings["seed"],
         # A latency table's device is not this one: its budget was kept by the table's estimate.
         retime=not settings.get("latency_table"),

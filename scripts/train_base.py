@@ -25,24 +25,39 @@ except ImportError:  # run from a plain checkout
 
 from torch import nn
 
+from agents.config import default
 from agents.workload import check_user_model
 from models.data import DataSplits, list_datasets, load_dataset
 from models.errors import RlpruneError
 from models.pretrained import PRETRAINED_DIR
 from models.training import TrainConfig, get_base_model, resolve_device
-from models.zoo import DEFAULT_MODEL, list_models
+from models.zoo import list_models
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; training settings default to :class:`TrainConfig`'s."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="architecture or module:callable")
-    parser.add_argument("--dataset", default="mnist5k", help="dataset name or imagefolder:<dir>")
-    parser.add_argument("--data-dir", default=None, help="where torchvision datasets live")
+    parser.add_argument("--model", default=default("model"), help="architecture or module:callable")
+    parser.add_argument(
+        "--dataset", default=default("dataset"), help="dataset name or imagefolder:<dir>"
+    )
+    parser.add_argument(
+        "--data-dir", default=default("data_dir"), help="where torchvision datasets live"
+    )
     parser.add_argument("--download", action="store_true", help="download a missing dataset")
-    parser.add_argument("--max-samples", type=int, default=None, help="stratified subset size")
-    parser.add_argument("--image-size", type=int, default=None, help="resize images to SxS px")
+    parser.add_argument(
+        "--max-samples", type=int, default=default("max_samples"), help="stratified subset size"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=default("image_size"), help="resize images to SxS px"
+    )
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=default("data_seed"),
+        help="seed of the data split (which images go to train/reward/test), as train_agent.py's",
+    )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
@@ -58,9 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=defaults.precision,
         help="bf16: bfloat16 autocast (about 1.6x faster on CPUs with AVX-512 BF16)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="data split and training")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--cache-dir", default=None, help="default: $RLPRUNE_CACHE or ~/.cache")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="training seed (initial weights, batch order): train_agent.py --seed N uses the "
+        "base model of --seed N (not the data split: --data-seed)",
+    )
+    parser.add_argument("--device", default=default("device"), help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--cache-dir", default=default("cache_dir"), help="default: $RLPRUNE_CACHE or ~/.cache"
+    )
     parser.add_argument(
         "--retrain", action="store_true", help="ignore a cached checkpoint and shipped weights"
     )
@@ -121,7 +144,7 @@ def train_from_args(
         args.dataset,
         data_dir=args.data_dir,
         download=args.download,
-        seed=args.seed,
+        seed=args.data_seed,
         max_samples=args.max_samples,
         image_size=args.image_size,
     )
