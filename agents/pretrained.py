@@ -30,6 +30,7 @@ INDEX = "index.json"
 _COMMAND_FLAGS = (
     "model",
     "dataset",
+    "data_seed",
     "target",
     "cost",
     "episodes",
