@@ -46,3 +46,18 @@ def digits_vgg_small(digits_splits, tmp_path_factory) -> torch.nn.Module:
         shipped_dir=None,
     )
     return model
+
+
+@pytest.fixture(scope="session")
+def digits_vgg_small_2ep(digits_splits, tmp_path_factory) -> torch.nn.Module:
+    """vgg_small trained for two epochs on digits (its own cache; read-only): the base model of
+    the search tests' envs."""
+    from models.training import TrainConfig, get_base_model
+
+    model, _ = get_base_model(
+        "vgg_small",
+        digits_splits,
+        config=TrainConfig(epochs=2, progress=False),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    return model

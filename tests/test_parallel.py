@@ -23,7 +23,6 @@ from agents.parallel import collect_results, make_vec_env, require_ray
 from agents.search import read_search_state, resume, run_search
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import RlpruneError
-from models.training import TrainConfig, get_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_OUT = {"capture_output": True, "text": True, "timeout": 600}
@@ -62,13 +61,8 @@ def assert_never_concurrent(log):
 
 
 @pytest.fixture(scope="module")
-def env(digits_splits, tmp_path_factory):
-    model, _ = get_base_model(
-        "vgg_small",
-        digits_splits,
-        config=TrainConfig(epochs=2, progress=False),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )
+def env(digits_splits, digits_vgg_small_2ep, tmp_path_factory):
+    model = digits_vgg_small_2ep
     log = tmp_path_factory.mktemp("timings") / "latency.log"
     latency = LoggedLatency(model, digits_splits.input_shape, log)
     cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)

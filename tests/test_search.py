@@ -11,17 +11,11 @@ from agents.ddpg import AgentConfig, load_agent, make_agent
 from agents.search import read_search_state, resume, run_search
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import CheckpointError
-from models.training import TrainConfig, get_base_model
 
 
 @pytest.fixture(scope="module")
-def env(digits_splits, tmp_path_factory):
-    model, _ = get_base_model(
-        "vgg_small",
-        digits_splits,
-        config=TrainConfig(epochs=2, progress=False),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )
+def env(digits_splits, digits_vgg_small_2ep, tmp_path_factory):
+    model = digits_vgg_small_2ep
     cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
     latency = MacsLatency(model, digits_splits.input_shape)
     return ChannelPruningEnv(
