@@ -13,18 +13,11 @@ from envs.baselines import (
 )
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import PruningError
-from models.training import TrainConfig, get_base_model
 
 
 @pytest.fixture(scope="module")
-def model(digits_splits, tmp_path_factory):
-    model, _ = get_base_model(
-        "vgg_small",
-        digits_splits,
-        config=TrainConfig(epochs=2, progress=False),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )
-    return model
+def model(digits_vgg_small_2ep):
+    return digits_vgg_small_2ep
 
 
 def _env(model, splits, cost="latency", target=0.5, latency=None):
