@@ -14,6 +14,7 @@ of the unpruned model, whose predicted saving is scaled by a slope fitted on mea
 from __future__ import annotations
 
 import collections
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ CALIBRATION_QUANTILE = 0.25
 _MIN_SAVING = 0.05
 
 
-class CostModel:
+class CostModel(ABC):
     """A cost as a ratio to the unpruned model's: estimated for kept fractions, read from results.
 
     Attributes:
@@ -44,9 +45,9 @@ class CostModel:
     name = ""
     result_key = ""
 
+    @abstractmethod
     def estimate(self, keep: Sequence[float]) -> float:
         """Estimated cost ratio when unit ``i`` keeps the fraction ``keep[i]`` of its channels."""
-        raise NotImplementedError
 
     def shares(self, num_units: int) -> np.ndarray:
         """Each unit's share of the cost: what removing all of its channels would save."""
@@ -58,6 +59,7 @@ class CostModel:
 
     def observe(self, keep: Sequence[float], result: Mapping[str, Any]) -> None:
         """Learn from an evaluated strategy's measurement (nothing to learn by default)."""
+        return None
 
 
 class MacsCost(CostModel):

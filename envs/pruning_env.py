@@ -284,6 +284,7 @@ class ChannelPruningEnv(gym.Env):
         )
         self.macs_share = self.macs_cost.shares(self.num_units)
         self.latency_share = self.latency_cost.shares(self.num_units)
+        self._cost_share = self.latency_share if self.cost is self.latency_cost else self.macs_share
         # The network-wide part of every observation (the shares change only here).
         self._context = NetworkContext(
             num_units=self.num_units,
@@ -357,12 +358,11 @@ class ChannelPruningEnv(gym.Env):
         t = len(self._keep)
         self._floor = self._required_ratio()  # the wall for this unit; step() reuses it
         ones = [1.0] * (self.num_units - t)
-        shares = self.latency_share if self.cost is self.latency_cost else self.macs_share
         return unit_features(
             self.units[t],
             self._context,
             cost_removed=1.0 - self.cost.estimate(self._keep + ones),
-            cost_rest=float(shares[t + 1 :].sum()),
+            cost_rest=float(self._cost_share[t + 1 :].sum()),
             previous_ratio=self._ratios[-1] if self._ratios else 0.0,
             target=self.config.target,
             required_ratio=self._floor,
