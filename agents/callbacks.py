@@ -3,11 +3,15 @@
 TensorBoard tags written here (step = episode number, SB3's own ``train/*`` and ``rollout/*``
 losses use timesteps):
 
-* ``episode/reward``, ``episode/accuracy``, ``episode/latency_ms``, ``episode/latency_ratio``,
-  ``episode/macs_ratio``, ``episode/params_ratio``, ``episode/best_reward``, ``episode/seconds``;
+* ``episode/reward``, ``episode/accuracy``, ``episode/latency_ms``, ``episode/relative_latency``,
+  ``episode/relative_macs``, ``episode/relative_params``, ``episode/best_reward``,
+  ``episode/seconds``;
 * ``strategy/<unit name>``: the pruning ratio each unit got in each episode;
-* ``best/strategy`` (figure: ratio per unit with its latency share), ``best/strategy_table``
-  (text), ``policy/heatmap`` (figure: ratio per unit over episodes), and the HParams tab.
+* ``best/strategy`` (figure: pruning ratio per unit with its latency share),
+  ``best/strategy_table`` (text), ``policy/heatmap`` (figure: pruning ratio per unit over
+  episodes), and the HParams tab.
+
+``relative_*`` is the pruned model's cost relative to the original's (pruned / original).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat  # n
 
 from agents.checkpoint import drop_partial_episode, write_checkpoint  # noqa: E402
 from envs.baselines import episode_record  # noqa: E402
+from models.renamed import check_current_names  # noqa: E402
 
 CSV_FIELDS = (
     "episode",
@@ -35,9 +40,9 @@ CSV_FIELDS = (
     "reward",
     "accuracy",
     "latency_ms",
-    "latency_ratio",
-    "macs_ratio",
-    "params_ratio",
+    "relative_latency",
+    "relative_macs",
+    "relative_params",
     "best_reward",
     "cached",
     "seconds",
@@ -46,28 +51,29 @@ CSV_FIELDS = (
 
 def strategy_table(best: dict[str, Any]) -> str:
     """The best strategy as a Markdown table (unit, pruning ratio, kept channels, latency share)."""
-    shares = best.get("latency_shares", {})
+    shares = best.get("latency_share_by_unit", {})
     kept = best.get("kept_channels", {})
     rows = ["| unit | pruning_ratio | kept_channels | latency_share |", "|---|---|---|---|"]
-    for name, ratio in best["strategy"].items():
-        rows.append(f"| {name} | {ratio:.3f} | {kept.get(name, '')} | {shares.get(name, 0):.3f} |")
+    for name, pruning_ratio in best["strategy"].items():
+        row = f"| {name} | {pruning_ratio:.3f} | {kept.get(name, '')} | {shares.get(name, 0):.3f} |"
+        rows.append(row)
     return "\n".join(rows)
 
 
 def strategy_figure(best: dict[str, Any]) -> plt.Figure:
     """Bar chart of the best strategy: pruning ratio per unit, with each unit's latency share."""
     names = list(best["strategy"])
-    ratios = [best["strategy"][n] for n in names]
-    shares = [best.get("latency_shares", {}).get(n, 0.0) for n in names]
+    pruning_ratios = [best["strategy"][n] for n in names]
+    shares = [best.get("latency_share_by_unit", {}).get(n, 0.0) for n in names]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
-    ax.bar(x - 0.2, ratios, 0.4, label="pruning ratio")
+    ax.bar(x - 0.2, pruning_ratios, 0.4, label="pruning ratio")
     ax.bar(x + 0.2, shares, 0.4, label="latency share (original)")
     ax.set_xticks(x, names, rotation=75, fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_title(
         f"best strategy: episode {best['episode']}, acc {best['accuracy']:.3f}, "
-        f"latency x{best['latency_ratio']:.2f}, MACs x{best['macs_ratio']:.2f}"
+        f"latency x{best['relative_latency']:.2f}, MACs x{best['relative_macs']:.2f}"
     )
     ax.legend()
     fig.tight_layout()
@@ -203,6 +209,7 @@ class SearchCallback(BaseCallback):
                 best = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue  # a best file is written atomically; a foreign file is not ours
+            check_current_names(best, path, "it cannot be resumed: start a new run")
             model, reward = best.get("model", "model"), best.get("reward")
             if isinstance(reward, int | float) and reward > self.best_reward(model):
                 self.bests[model] = best
@@ -227,22 +234,25 @@ class SearchCallback(BaseCallback):
             self.bests[model] = {
                 "episode": self.episode,
                 "model": model,
-                **{k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")},
-                **{k: info[k] for k in ("macs_ratio", "params_ratio", "strategy", "kept_channels")},
-                "latency_shares": info.get("latency_shares", {}),
+                **{k: info[k] for k in ("reward", "accuracy", "latency_ms", "relative_latency")},
+                **{
+                    k: info[k]
+                    for k in ("relative_macs", "relative_params", "strategy", "kept_channels")
+                },
+                "latency_share_by_unit": info.get("latency_share_by_unit", {}),
                 **self.extra_best,
             }
             name = f"best_strategy_{model}.json" if self.per_model else "best_strategy.json"
             self._write_json(name, self.bests[model])
             self._log_best(model)
-        scalars = {k: info[k] for k in ("reward", "accuracy", "latency_ms", "latency_ratio")}
-        scalars |= {k: info[k] for k in ("macs_ratio", "params_ratio")}
+        scalars = {k: info[k] for k in ("reward", "accuracy", "latency_ms", "relative_latency")}
+        scalars |= {k: info[k] for k in ("relative_macs", "relative_params")}
         scalars |= {"best_reward": self.best_reward(model), "seconds": seconds}
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"episode/{key}", value, self.episode)
-            for unit, ratio in info["strategy"].items():
-                self.writer.add_scalar(f"strategy/{unit}", ratio, self.episode)
+            for unit, pruning_ratio in info["strategy"].items():
+                self.writer.add_scalar(f"strategy/{unit}", pruning_ratio, self.episode)
         with (self.run_dir / "episodes.csv").open("a", newline="") as f:
             row = {**scalars, "episode": self.episode, "model": model, "cached": info["cached"]}
             csv.writer(f).writerow([row[k] for k in CSV_FIELDS])

@@ -27,6 +27,7 @@ import torch
 
 from agents.ddpg import AMCDDPG, load_agent
 from models.errors import CheckpointError
+from models.renamed import check_current_names
 
 STATE = "search_state.json"
 FILES = ("agent.zip", "replay_buffer.pkl", "rng_state.pkl")
@@ -81,7 +82,8 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
     """The checkpoint's ``search_state.json`` (None when there is none), its files verified.
 
     Raises:
-        CheckpointError: A file is missing or does not match its recorded checksum.
+        CheckpointError: A file is missing or does not match its recorded checksum, or the state
+            was written by an older rlprune (a renamed key, see :mod:`models.renamed`).
     """
     run_dir = Path(run_dir)
     recover(run_dir)
@@ -92,6 +94,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is unreadable ({exc}); the checkpoint is lost") from None
+    check_current_names(state, path, "it cannot be resumed: start a new run")
     for name, digest in state.get("files", {}).items():
         if not (run_dir / name).is_file() or file_sha256(run_dir / name) != digest:
             raise CheckpointError(

@@ -3,8 +3,9 @@
 :class:`RunConfig` composes the library's own settings (:class:`PruningEnvConfig` with its
 :class:`LatencyConfig`) and small sections for the data, the search, the device and the output.
 A default lives in the dataclass field and nowhere else: the scripts' flags read theirs with
-:func:`default`, ``config.json`` is :meth:`RunConfig.to_settings` and ``--resume`` reads it back
-with :func:`load_run_config`.
+:func:`default`, ``config.json`` is :meth:`RunConfig.to_dict` (the nested ``dataclasses.asdict``,
+one object per section) and ``--resume`` reads it back with :func:`load_run_config`. Inside the
+scripts the settings travel flat, keyed by flag name (:meth:`RunConfig.to_settings`, :data:`FLAT`).
 
 Two seeds, never mixed:
     - ``data_seed`` (``--data-seed``) chooses which images go to train, reward and test. Base
@@ -17,7 +18,7 @@ Two seeds, never mixed:
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from agents.selection import SelectionConfig
 from envs.features import DEFAULT_FEATURES, check_features
 from envs.pruning_env import PruningEnvConfig
 from models.errors import CheckpointError
+from models.renamed import RENAMED_KEYS, check_current_names, old_key
 from models.zoo import DEFAULT_MODEL
 
 
@@ -132,16 +134,33 @@ class RunConfig:
         keeps its default, a key that is no setting (a script's own flag) is ignored.
 
         Raises:
-            RlpruneError: An impossible environment setting (ratios, reward, cost, features).
+            RlpruneError: An impossible environment setting (pruning ratios, reward, cost,
+                features).
         """
         values = {FLAT[k]: v for k, v in settings.items() if k in FLAT}
         if ("env", "features") in values:
             values["env", "features"] = feature_names(values["env", "features"])
         return _build(cls, values)
 
+    def to_dict(self) -> dict[str, Any]:
+        """``config.json``: every field, nested by section (``{"data": {...}, "env": {...,
+        "latency": {...}}, "search": ..., "device": ..., "output": ...}``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The configuration of :meth:`to_dict`'s form; a missing field keeps its default.
+
+        Raises:
+            KeyError: A key that is no field (its dotted path in the message).
+            TypeError: A section that is not a dict.
+            RlpruneError: An impossible environment setting.
+        """
+        return _from_dict(cls, data, "")
+
     def to_settings(self) -> dict[str, Any]:
-        """Flat settings keyed by flag name (``config.json``, reports, TensorBoard HParams);
-        ``features`` is None for the default set."""
+        """Flat settings keyed by flag name (what the scripts pass around, reports, TensorBoard
+        HParams); ``features`` is None for the default set."""
         flat = {}
         for key, path in FLAT.items():
             value: Any = self
@@ -156,7 +175,15 @@ class RunConfig:
 def _flat_names() -> dict[str, tuple[str, ...]]:
     """Flag name (``latency_batch_size``) -> path of its field (``env.latency.batch_size``)."""
     flat = {f.name: ("data", f.name) for f in fields(DataConfig)}
-    env = ("target", "cost", "reward", "min_ratio", "max_ratio", "importance", "round_to")
+    env = (
+        "target",
+        "cost",
+        "reward",
+        "min_pruning_ratio",
+        "max_pruning_ratio",
+        "importance",
+        "round_to",
+    )
     flat.update({name: ("env", name) for name in (*env, "bn_batches", "reconstruct", "features")})
     latency = {"latency_batch_size": "batch_size", "latency_repeats": "repeats"}
     latency.update(threads="threads", latency_backend="backend")
@@ -184,6 +211,22 @@ def _build(cls: type, values: dict[tuple[str, ...], Any]) -> Any:
     return cls(**kwargs)
 
 
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls`` from its nested dict; sections (dataclass fields) recursively."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        if name not in known:
+            raise KeyError(f"{where}{name}")
+        factory = known[name].default_factory
+        if is_dataclass(factory):
+            if not isinstance(value, dict):
+                raise TypeError(f"{where}{name} is not an object of settings")
+            value = _from_dict(factory, value, f"{where}{name}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
 def default(key: str) -> Any:
     """The default of the setting named by flag ``key`` (``"latency_batch_size"``), read from
     its dataclass field: the one place it is written."""
@@ -203,19 +246,43 @@ def feature_names(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
     return check_features([n.strip() for n in names if n.strip()])
 
 
+#: The top-level keys of ``config.json``.
+SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+
+
 def load_run_config(path: Path) -> RunConfig:
-    """A run's ``config.json``. Files of earlier runs lack later settings: they get the
-    defaults, except the final re-scoring (``select_top_k``), off for runs saved before it
-    existed.
+    """A run's ``config.json`` (:meth:`RunConfig.to_dict`'s form). A setting added after the
+    run started is missing from its file and gets its default.
 
     Raises:
-        CheckpointError: The file is not a JSON object of settings.
+        CheckpointError: The file is not a JSON object of settings, or was written by an older
+            rlprune (flat settings keyed by flag name, or a renamed key such as ``min_ratio``).
         RlpruneError: A setting is impossible (e.g. an unknown reward).
     """
+    path = Path(path)
     try:
-        settings = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not JSON ({exc.msg}); start a new run") from None
-    if not isinstance(settings, dict):
+    if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds no run settings; start a new run")
-    return RunConfig.from_settings({"select_top_k": 1, **settings})
+    flat = [k for k in data if k not in SECTIONS]
+    if flat:
+        key = old_key(data) or flat[0]
+        field_path = FLAT.get(RENAMED_KEYS.get(key, key))
+        now = f", now {'.'.join(field_path)}" if field_path else ""
+        raise CheckpointError(
+            f"{path} was written by an older rlprune (flat settings such as '{key}'{now}); "
+            "it cannot be resumed: start a new run with the same flags"
+        )
+    check_current_names(data, path, "start a new run with the same flags")
+    try:
+        return RunConfig.from_dict(data)
+    except KeyError as exc:
+        raise CheckpointError(
+            f"{path}: '{exc.args[0]}' is no setting of this rlprune; start a new run"
+        ) from None
+    except TypeError as exc:
+        raise CheckpointError(
+            f"{path} is not a run configuration ({exc}); start a new run"
+        ) from None

@@ -40,7 +40,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.features import FEATURES_VERSION
+from envs.features import FEATURES_VERSION, current_feature_names
 from models.errors import CheckpointError
 
 
@@ -56,7 +56,8 @@ class AgentConfig:
         batch_size: transitions per gradient step.
         buffer_episodes: replay buffer size in episodes (x number of units = transitions).
         warmup_episodes: episodes of uniform random actions before learning starts.
-        noise_sigma: exploration sigma at the end of the warm-up, in ratio units (action range 1).
+        noise_sigma: exploration sigma at the end of the warm-up, in pruning-ratio units (action
+            range 1).
         noise_decay: sigma multiplier per episode after the warm-up; None ties it to the budget
             (sigma falls geometrically to ``noise_final`` at episode ``episodes``), or AMC's 0.95
             when ``episodes`` is None.
@@ -172,8 +173,8 @@ class EpisodeRewardBuffer(ReplayBuffer):
 class DecayingTruncatedNormalNoise(ActionNoise):
     """AMC's exploration: truncated normal around the actor output, sigma decaying per episode.
 
-    ``sigma_t = sigma * decay ** max(0, episode - warmup_episodes)``; sigma is given in ratio units
-    (AMC's action range is 1) and doubled for SB3's [-1, 1] actions.
+    ``sigma_t = sigma * decay ** max(0, episode - warmup_episodes)``; sigma is given in
+    pruning-ratio units (AMC's action range is 1) and doubled for SB3's [-1, 1] actions.
     """
 
     def __init__(
@@ -337,6 +338,9 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
         raise CheckpointError(
             f"{path} is not a readable rlprune agent ({type(exc).__name__}); retrain it"
         ) from None
+    trained = getattr(agent, "observation_features", None)
+    if trained is not None:  # agents saved before a feature was renamed name it the old way
+        agent.observation_features = current_feature_names(trained)
     if env is not None:
         check_observation(agent, env, path)
         if agent.observation_space.shape != env.observation_space.shape:

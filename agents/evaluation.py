@@ -7,8 +7,8 @@ when asked, its reward-split accuracy), fine-tune it with the same settings as e
 
 Timing (:func:`time_together`): the models that are compared are timed in one run, interleaved,
 every repeat of every pass, best pass per model (:func:`envs.latency.compare_latency` under
-:func:`envs.latency.reporting_config`, at least 30 timed runs), so that a machine-wide slowdown
-hits all of them and the ratios are comparable. The search's adaptive, paired measurement
+:func:`envs.latency.reporting_config`, at least 30 timed runs), so that a machine-wide slowdown hits
+all of them and the relative latencies are comparable. The search's adaptive, paired measurement
 (:class:`envs.latency.LatencyMeter`) is for the search only; reported numbers come from here.
 
 ``train_agent.py``, ``apply_agent.py``, ``transfer_study.py``, ``benchmark.py`` and

@@ -167,7 +167,7 @@ def write_report(
         "",
         *([f"Latency: {latency}.", ""] if latency else []),
         f"## Best strategy (episode {best.get('episode', '-')}, reward-split accuracy "
-        f"{best['accuracy']:.4f}, latency ratio {best['latency_ratio']:.3f})",
+        f"{best['accuracy']:.4f}, relative latency {best['relative_latency']:.3f})",
         "",
         strategy_table(dict(best)),
         "",

@@ -3,7 +3,7 @@
 :data:`SEARCH_METHODS` maps a name to a function of the env to prune and a
 :class:`SearchSettings` (episode budget, seed, and for the agent its warm-up and log directory).
 Each returns the best result as :meth:`envs.pruning_env.ChannelPruningEnv.evaluate_strategy`
-gives it (``strategy``, ``accuracy``, ``reward``, cost ratios ...) plus ``seconds`` (wall time
+gives it (``strategy``, ``accuracy``, ``reward``, relative costs ...) plus ``seconds`` (wall time
 of the search) and ``history`` (one :func:`envs.baselines.episode_record` per episode; empty for
 the rules, which evaluate no episode). All of them run in the env, so its result cache holds
 every architecture they evaluated and :func:`agents.selection.select_strategy` re-scores any

@@ -107,9 +107,9 @@ class LockedLatency:
         with self.lock:
             return self.source.profile(layer_names)
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
         with self.lock:
-            return self.source.ratio(model)
+            return self.source.relative_latency(model)
 
     @property
     def compile_s(self) -> float:
@@ -210,8 +210,8 @@ class LatencyTimer:
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         return self.source.profile(layer_names)
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
-        return self.source.ratio(model)
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+        return self.source.relative_latency(model)
 
 
 class RemoteLatency:
@@ -223,8 +223,8 @@ class RemoteLatency:
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         return _ray().get(self.timer.profile.remote(list(layer_names)))
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
-        return _ray().get(self.timer.ratio.remote(model))
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+        return _ray().get(self.timer.relative_latency.remote(model))
 
 
 def _ray() -> ModuleType:

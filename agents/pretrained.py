@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.checkpoint import read_state
+from agents.config import load_run_config
 from agents.ddpg import saved_features
 from envs.features import FEATURES_VERSION
 from models.atomic import write_json_atomic
@@ -26,7 +27,7 @@ AGENT_DIR = Path(__file__).resolve().parent / "pretrained"
 INDEX = "index.json"
 
 # The flags of train_agent.py a shipped agent's command repeats, in this order (the rest are the
-# defaults of the run's rlprune version, kept in the entry's ``settings``).
+# defaults of the run's rlprune version, kept flat by flag name in the entry's ``settings``).
 _COMMAND_FLAGS = (
     "model",
     "dataset",
@@ -79,7 +80,8 @@ def default_agent(root: Path = AGENT_DIR) -> tuple[Path, dict[str, Any]]:
 
 
 def training_command(settings: dict[str, Any]) -> str:
-    """The ``train_agent.py`` command of a run, from its ``config.json`` settings."""
+    """The ``train_agent.py`` command of a run, from its flat settings
+    (:meth:`agents.config.RunConfig.to_settings` of its ``config.json``)."""
     words = ["python", "scripts/train_agent.py"]
     for key in _COMMAND_FLAGS:
         value = settings.get(key)
@@ -106,7 +108,7 @@ def ship_agent(
             f"{run_dir} has no agent.zip and config.json; pass the directory of a finished "
             "train_agent.py run"
         )
-    settings = json.loads(config.read_text())
+    settings = load_run_config(config).to_settings()
     state = read_state(run_dir) or {}
     episodes = state.get("episode")
     if episodes is None or episodes < settings.get("episodes", 0):

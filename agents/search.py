@@ -51,7 +51,7 @@ class EpisodeLimit(BaseCallback):
                 self.bar.set_postfix(
                     best=f"{best['reward']:.4f}",
                     acc=f"{best['accuracy']:.3f}",
-                    lat=f"{best['latency_ratio']:.2f}",
+                    lat=f"{best['relative_latency']:.2f}",
                 )
         return True
 

@@ -76,57 +76,60 @@ class SelectionConfig:
 
 
 #: ``{name: model}`` (``"original"`` among them) -> ``{name: latency / original's}``.
-RatioTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
+RelativeLatencyTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
 
 
 def top_results(env: ChannelPruningEnv, k: int) -> list[dict[str, Any]]:
     """The ``k`` distinct architectures with the highest reward the env evaluated, best first.
 
-    Only results that meet the target (``cost ratio <= target``) compete, unless none does.
+    Only results that meet the target (``relative cost <= target``) compete, unless none does.
     """
     results = [r for r in env.evaluated_results() if r["reward"] is not None]
-    meeting = [r for r in results if env.cost_ratio(r) <= env.config.target]
+    meeting = [r for r in results if env.relative_cost(r) <= env.config.target]
     pool = meeting or results
     return sorted(pool, key=lambda r: r["reward"], reverse=True)[:k]
 
 
-def env_timer(env: ChannelPruningEnv, passes: int) -> RatioTimer:
+def env_timer(env: ChannelPruningEnv, passes: int) -> RelativeLatencyTimer:
     """Times models interleaved on the env's device with the reporting protocol."""
     config = reporting_config(env.config.latency, env.device)
 
-    def ratios(models: Mapping[str, nn.Module]) -> dict[str, float]:
+    def relative_latencies(models: Mapping[str, nn.Module]) -> dict[str, float]:
         stats = compare_latency(models, env.input_shape, config, passes=passes)
         base = stats["original"].median_ms
         return {name: s.median_ms / base for name, s in stats.items()}
 
-    return ratios
+    return relative_latencies
 
 
 def within_latency(
     env: ChannelPruningEnv,
     results: list[dict[str, Any]],
     config: SelectionConfig,
-    timer: RatioTimer | None = None,
+    timer: RelativeLatencyTimer | None = None,
 ) -> list[dict[str, Any]]:
-    """``results`` re-timed (``measured_ratio`` added) and filtered to the latency budget.
+    """``results`` re-timed (``measured_relative_latency`` added), filtered to the latency budget.
 
     Keeps the order. When none is within ``target * (1 + tolerance)``, returns the one with the
-    lowest measured ratio alone, with a warning (the search found nothing deliverable).
+    lowest measured relative latency alone, with a warning (the search found nothing deliverable).
     """
     timer = timer or env_timer(env, config.latency_passes)
     models = {"original": env.model}
     models.update({f"c{i}": env.pruner.prune_to(r["kept_channels"]) for i, r in enumerate(results)})
-    ratios = timer(models)
-    timed = [{**r, "measured_ratio": float(ratios[f"c{i}"])} for i, r in enumerate(results)]
+    relative = timer(models)
+    timed = [
+        {**r, "measured_relative_latency": float(relative[f"c{i}"])} for i, r in enumerate(results)
+    ]
     limit = env.config.target * (1 + config.tolerance)
-    kept = [r for r in timed if r["measured_ratio"] <= limit]
+    kept = [r for r in timed if r["measured_relative_latency"] <= limit]
     if kept:
         return kept
-    fastest = min(timed, key=lambda r: r["measured_ratio"])
+    fastest = min(timed, key=lambda r: r["measured_relative_latency"])
     warnings.warn(
         f"none of the search's {len(timed)} best strategies times within the latency target "
         f"{env.config.target} (+{config.tolerance:.0%}) with the reporting protocol; delivering "
-        f"the fastest ({fastest['measured_ratio']:.3f}). Lower --target or run more episodes.",
+        f"the fastest ({fastest['measured_relative_latency']:.3f}). Lower --target or run more "
+        "episodes.",
         stacklevel=2,
     )
     return [fastest]
@@ -136,7 +139,7 @@ def select_strategy(
     env: ChannelPruningEnv,
     train_set: TensorDataset,
     config: SelectionConfig = SelectionConfig(),
-    timer: RatioTimer | None = None,
+    timer: RelativeLatencyTimer | None = None,
 ) -> dict[str, Any]:
     """Re-scores the search's ``top_k`` results and returns the best by the stronger score.
 
@@ -147,13 +150,13 @@ def select_strategy(
         env: The env the search ran in (its result cache holds the candidates).
         train_set: Images for BN recalibration and the short fine-tune.
         config: How many candidates and how strong a re-scoring.
-        timer: Latency ratios of models to ``"original"`` (default: :func:`env_timer`).
+        timer: Relative latency of each model to ``"original"`` (default: :func:`env_timer`).
 
     Returns:
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
         reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best) and,
-        when re-timed, ``measured_ratio``.
+        when re-timed, ``measured_relative_latency``.
     """
     retime = config.retime and env.config.cost == "latency"
     pool = top_results(env, max(config.retime_pool, config.top_k) if retime else config.top_k)
@@ -180,7 +183,7 @@ def select_strategy(
                     progress=False,
                     device=env.device,
                 )
-            score = evaluate(pruned, env.reward_set, env.device)
+            score = evaluate(pruned, env.reward_val, env.device)
         scored.append({**result, "selection_score": score})
     chosen = max(scored, key=lambda r: (r["selection_score"], -r["search_rank"]))
     strategy = strategy_of(env, chosen["kept_channels"])
@@ -191,7 +194,11 @@ def select_strategy(
             "accuracy": r["accuracy"],
             "selection_score": r["selection_score"],
             "kept_channels": r["kept_channels"],
-            **({"measured_ratio": r["measured_ratio"]} if "measured_ratio" in r else {}),
+            **(
+                {"measured_relative_latency": r["measured_relative_latency"]}
+                if "measured_relative_latency" in r
+                else {}
+            ),
         }
         for r in scored
     ]

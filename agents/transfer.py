@@ -31,15 +31,16 @@ def zero_shot(agent: AMCDDPG, env: ChannelPruningEnv, seed: int = 0) -> dict[str
     """The agent's zero-shot strategy for ``env``, its allocation fitted to the target's budget.
 
     A policy trained on other networks often cuts more than a new network's target needs (its
-    sense of how much each unit costs is off), and the action wall only ever raises ratios. So
-    the deterministic rollout's per-unit ratios are also used as *propensities*: scaled together
-    (:func:`envs.baselines.project_to_target`) until the estimated cost just meets the target,
-    which keeps the policy's ranking of the units and spends the whole budget. Both strategies
-    are evaluated (two episodes, no search) and the one with the higher reward is returned, with
-    ``zero_shot`` = ``"policy"`` or ``"projected"`` and the other's record under ``"alternative"``.
+    sense of how much each unit costs is off), and the action wall only ever raises pruning
+    ratios. So the deterministic rollout's per-unit pruning ratios are also used as *propensities*:
+    scaled together (:func:`envs.baselines.project_to_target`) until the estimated cost just meets
+    the target, which keeps the policy's ranking of the units and spends the whole budget. Both
+    strategies are evaluated (two episodes, no search) and the one with the higher reward is
+    returned, with ``zero_shot`` = ``"policy"`` or ``"projected"`` and the other's record under
+    ``"alternative"``.
     """
     policy = rollout(agent, env, seed=seed)
-    lo, hi = env.config.min_ratio, env.config.max_ratio
+    lo, hi = env.config.min_pruning_ratio, env.config.max_pruning_ratio
     propensity = [(policy["strategy"][u.name] - lo) / (hi - lo) for u in env.units]
     projected = run_strategy(env, project_to_target(env, propensity))
     records = {"policy": policy, "projected": projected}
@@ -49,7 +50,7 @@ def zero_shot(agent: AMCDDPG, env: ChannelPruningEnv, seed: int = 0) -> dict[str
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("reward", "accuracy", "latency_ratio", "macs_ratio", "strategy")
+    keys = ("reward", "accuracy", "relative_latency", "relative_macs", "strategy")
     return {k: info[k] for k in keys if k in info}
 
 

@@ -6,15 +6,15 @@
   decides how many channels each unit loses.
 * :func:`random_search`: the best of N random strategies drawn through the env (whose action wall
   keeps every one of them at the target), the same number of evaluations the agent gets. Per-unit
-  random actions through the wall push the late units to the maximum ratio.
+  random actions through the wall push the late units to the maximum pruning ratio.
 * :func:`sampled_search`: EagleEye's random search (Li et al., ECCV 2020): whole strategies drawn
-  at random and projected onto the target band of the env's cost estimate, so every unit's ratio
-  is random and every candidate meets the target.
+  at random and projected onto the target band of the env's cost estimate, so every unit's
+  pruning ratio is random and every candidate meets the target.
 * :func:`tpe_search`: Optuna's TPE sampler proposes the per-unit propensities of the same
   projection, learning from the rewards of earlier candidates.
 
-The first two bisect on the env's own cost measure (measured latency ratio, or MACs ratio); all
-return :meth:`ChannelPruningEnv.evaluate_strategy`-style results. The three searches run whole
+The first two bisect on the env's own cost measure (measured relative latency, or relative MACs);
+all return :meth:`ChannelPruningEnv.evaluate_strategy`-style results. The three searches run whole
 episodes through the env (so its latency calibration, caches and callbacks see them as the
 agent's) and return the best episode with the per-episode history.
 """
@@ -44,7 +44,7 @@ def _bisect(
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        if env.cost_ratio(env.evaluate_strategy(strategy(mid), with_accuracy=False)) <= target:
+        if env.relative_cost(env.evaluate_strategy(strategy(mid), with_accuracy=False)) <= target:
             hi = mid
         else:
             lo = mid
@@ -56,26 +56,27 @@ def uniform_for_target(
 ) -> dict[str, Any]:
     """The same pruning ratio for every unit, the smallest that meets ``target``.
 
-    Bisection on the ratio against the env's own cost measure (measured latency ratio, or MACs
-    ratio), then one full evaluation (BN recalibration + reward-split accuracy) of the result.
+    Bisection on the pruning ratio against the env's own cost measure (measured relative latency, or
+    relative MACs), then one full evaluation (BN recalibration + reward-split accuracy) of the
+    result.
 
     Args:
         env: the environment of the model to prune.
-        target: target cost ratio; the env's target when None.
+        target: target relative cost; the env's target when None.
         steps: bisection steps.
 
     Returns:
-        :meth:`ChannelPruningEnv.evaluate_strategy`'s result, plus ``uniform_ratio``.
+        :meth:`ChannelPruningEnv.evaluate_strategy`'s result, plus ``uniform_pruning_ratio``.
     """
     target = env.config.target if target is None else target
-    lo, hi = env.config.min_ratio, env.config.max_ratio
+    lo, hi = env.config.min_pruning_ratio, env.config.max_pruning_ratio
 
     def strategy(knob: float) -> dict[str, float]:
         return {u.name: lo + knob * (hi - lo) for u in env.units}
 
     knob = _bisect(env, strategy, target, steps)
     result = env.evaluate_strategy(strategy(knob))
-    return {**result, "uniform_ratio": lo + knob * (hi - lo)}
+    return {**result, "uniform_pruning_ratio": lo + knob * (hi - lo)}
 
 
 def unit_importances(env: ChannelPruningEnv) -> list[torch.Tensor]:
@@ -106,13 +107,13 @@ def unit_importances(env: ChannelPruningEnv) -> list[torch.Tensor]:
     return scores
 
 
-def threshold_ratios(
+def threshold_pruning_ratios(
     scores: Sequence[torch.Tensor],
     names: Sequence[str],
     threshold: float,
     *,
-    min_ratio: float = 0.0,
-    max_ratio: float = 0.8,
+    min_pruning_ratio: float = 0.0,
+    max_pruning_ratio: float = 0.8,
 ) -> dict[str, float]:
     """Per-unit pruning ratios from one global threshold: the share of channels scoring below it.
 
@@ -120,17 +121,17 @@ def threshold_ratios(
         scores: normalised channel importances per unit.
         names: the unit names, in the order of ``scores``.
         threshold: channels with a lower score are removed.
-        min_ratio: smallest ratio a unit gets.
-        max_ratio: largest ratio a unit gets (a unit never loses more).
+        min_pruning_ratio: smallest pruning ratio a unit gets.
+        max_pruning_ratio: largest pruning ratio a unit gets (a unit never loses more).
 
     Returns:
         ``{unit name: pruning ratio}``.
     """
-    ratios = {}
+    pruning_ratios = {}
     for name, score in zip(names, scores, strict=True):
         below = float((score < threshold).float().mean())
-        ratios[name] = min(max(below, min_ratio), max_ratio)
-    return ratios
+        pruning_ratios[name] = min(max(below, min_pruning_ratio), max_pruning_ratio)
+    return pruning_ratios
 
 
 def global_for_target(
@@ -138,14 +139,15 @@ def global_for_target(
 ) -> dict[str, Any]:
     """Global magnitude pruning: one importance threshold over all units that meets ``target``.
 
-    Channel importances are normalised within each unit (:func:`unit_importances`); a threshold
-    at the ``q``-quantile of all channels' scores gives each unit the share of its channels below
-    it (:func:`threshold_ratios`, clipped to the env's ratio range). ``q`` is bisected on the env's
-    own cost measure, then the result is fully evaluated (BN recalibration + reward accuracy).
+    Channel importances are normalised within each unit (:func:`unit_importances`); a threshold at
+    the ``q``-quantile of all channels' scores gives each unit the share of its channels below it
+    (:func:`threshold_pruning_ratios`, clipped to the env's pruning ratio range). ``q`` is bisected
+    on the env's own cost measure, then the result is fully evaluated (BN recalibration + reward
+    accuracy).
 
     Args:
         env: the environment of the model to prune.
-        target: target cost ratio; the env's target when None.
+        target: target relative cost; the env's target when None.
         steps: bisection steps.
 
     Returns:
@@ -161,12 +163,12 @@ def global_for_target(
         return float(torch.quantile(pooled, q)) if q < 1.0 else float("inf")
 
     def strategy(q: float) -> dict[str, float]:
-        return threshold_ratios(
+        return threshold_pruning_ratios(
             scores,
             names,
             threshold(q),
-            min_ratio=env.config.min_ratio,
-            max_ratio=env.config.max_ratio,
+            min_pruning_ratio=env.config.min_pruning_ratio,
+            max_pruning_ratio=env.config.max_pruning_ratio,
         )
 
     q = _bisect(env, strategy, target, steps)
@@ -185,7 +187,8 @@ def _rollout(env: ChannelPruningEnv, rng: np.random.Generator, seed: int | None)
 
 
 def estimated_cost(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> float:
-    """The env's cost estimate (calibrated latency table, or MACs) of ``strategy``, as a ratio."""
+    """The env's cost estimate (calibrated latency table, or MACs) of ``strategy``, relative to the
+    original."""
     return env.cost_estimate(env.pruner.keep_fractions(strategy))
 
 
@@ -198,15 +201,16 @@ def project_to_target(
 ) -> dict[str, float]:
     """The strategy of the given per-unit propensities that just meets ``target``.
 
-    Unit ``i`` gets ``min_ratio + (max_ratio - min_ratio) * min(1, s * propensity[i])``; the
-    scale ``s`` is bisected to the smallest value whose estimated cost (:func:`estimated_cost`)
-    is at most ``target``. Units with a larger propensity are pruned more; all units reach the
-    maximum ratio together only if the target needs it.
+    Unit ``i`` gets ``lo + (hi - lo) * min(1, s * propensity[i])`` (``lo``, ``hi``: the env's
+    ``min_pruning_ratio`` and ``max_pruning_ratio``); the scale ``s`` is bisected to the smallest
+    value whose estimated cost (:func:`estimated_cost`) is at most ``target``. Units with a larger
+    propensity are pruned more; all units reach the maximum pruning ratio together only if the
+    target needs it.
 
     Args:
         env: the environment of the model to prune.
         propensity: one value in (0, 1] per unit, in ``env.units`` order.
-        target: target cost ratio; the env's target when None.
+        target: target relative cost; the env's target when None.
         steps: bisection steps.
 
     Returns:
@@ -216,7 +220,7 @@ def project_to_target(
     p = np.clip(np.asarray(propensity, dtype=float), 1e-3, 1.0)
     if p.shape != (env.num_units,):
         raise PruningError(f"need one propensity per unit ({env.num_units}), got {p.shape}")
-    lo, hi = env.config.min_ratio, env.config.max_ratio
+    lo, hi = env.config.min_pruning_ratio, env.config.max_pruning_ratio
 
     def strategy(scale: float) -> dict[str, float]:
         fractions = np.minimum(1.0, scale * p)
@@ -224,7 +228,7 @@ def project_to_target(
             u.name: lo + (hi - lo) * float(f) for u, f in zip(env.units, fractions, strict=True)
         }
 
-    low, high = 0.0, 1.0 / float(p.min())  # at ``high`` every unit is at max_ratio
+    low, high = 0.0, 1.0 / float(p.min())  # at ``high`` every unit is at max_pruning_ratio
     if estimated_cost(env, strategy(low)) > target:
         for _ in range(steps):
             mid = 0.5 * (low + high)
@@ -233,8 +237,8 @@ def project_to_target(
             else:
                 low = mid
         low = high
-    # The bisection ends on a rounding boundary of some unit's channel count; snap every ratio
-    # to the count it keeps, so that replaying it (float32 actions) keeps the same channels.
+    # The bisection ends on a rounding boundary of some unit's channel count; snap every pruning
+    # ratio to the count it keeps, so that replaying it (float32 actions) keeps the same channels.
     kept = env.pruner.kept_channels(strategy(low))
     return {u.name: min(max(1.0 - kept[u.name] / u.out_channels, lo), hi) for u in env.units}
 
@@ -242,16 +246,16 @@ def project_to_target(
 def run_strategy(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> dict[str, Any]:
     """Plays ``strategy`` as one episode of the env; the info of its last step.
 
-    Each unit's action is the one the env maps to the strategy's ratio. The action wall raises a
-    ratio only if the strategy's estimated cost misses the target, so a strategy from
-    :func:`project_to_target` is played as it is, and the env calibrates its latency estimate
+    Each unit's action is the one the env maps to the strategy's pruning ratio. The action wall
+    raises a pruning ratio only if the strategy's estimated cost misses the target, so a strategy
+    from :func:`project_to_target` is played as it is, and the env calibrates its latency estimate
     with the measured result as it does for the agent's episodes.
     """
-    lo, hi = env.config.min_ratio, env.config.max_ratio
+    lo, hi = env.config.min_pruning_ratio, env.config.max_pruning_ratio
     env.reset()
     for unit in env.units:
-        ratio = float(strategy.get(unit.name, lo))
-        action = np.array([2.0 * (ratio - lo) / (hi - lo) - 1.0], dtype=np.float32)
+        pruning_ratio = float(strategy.get(unit.name, lo))
+        action = np.array([2.0 * (pruning_ratio - lo) / (hi - lo) - 1.0], dtype=np.float32)
         _, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return info
@@ -354,9 +358,9 @@ def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[
         seed: seed of the actions; the same seed gives the same strategies.
 
     Returns:
-        The best episode's info (``accuracy``, ``latency_ratio``, ``strategy``, ...) plus
+        The best episode's info (``accuracy``, ``relative_latency``, ``strategy``, ...) plus
         ``episode`` (its index), ``episodes``, ``seconds`` (wall time of the search) and
-        ``history`` (per episode: reward, accuracy, cost ratios and stage times).
+        ``history`` (per episode: reward, accuracy, relative costs and stage times).
 
     Raises:
         PruningError: ``episodes`` < 1.
@@ -371,9 +375,9 @@ def random_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[
 RECORD_KEYS = (
     "reward",
     "accuracy",
-    "latency_ratio",
-    "macs_ratio",
-    "params_ratio",
+    "relative_latency",
+    "relative_macs",
+    "relative_params",
     "cached",
     "time_prune_s",
     "time_bn_s",

@@ -14,42 +14,43 @@ from models.errors import BudgetError
 CostModel = Callable[[Sequence[float]], float]
 
 
-def min_pruning_ratio(
+def required_pruning_ratio(
     cost_model: CostModel,
     decided: Sequence[float],
     num_units: int,
     target_cost: float,
-    max_ratio: float,
+    max_pruning_ratio: float,
     tol: float = 1e-4,
 ) -> float:
-    """Smallest ratio for unit ``len(decided)`` that keeps ``target_cost`` reachable.
+    """Smallest pruning ratio for unit ``len(decided)`` that keeps ``target_cost`` reachable.
 
-    The units before it keep ``decided``; every later unit is assumed pruned at ``max_ratio`` (the
-    most they can still contribute). Found by bisection, since cost is monotone in each keep.
+    The units before it keep ``decided``; every later unit is assumed pruned at
+    ``max_pruning_ratio`` (the most they can still contribute). Found by bisection, since cost is
+    monotone in each keep.
 
     Args:
         cost_model: estimated cost as a function of the kept fraction of every unit.
         decided: kept fractions of the units already visited.
         num_units: number of units of the model.
         target_cost: cost the final model must not exceed (same unit as ``cost_model``).
-        max_ratio: largest pruning ratio any unit may take.
-        tol: bisection tolerance on the ratio.
+        max_pruning_ratio: largest pruning ratio any unit may take.
+        tol: bisection tolerance on the pruning ratio.
 
     Returns:
-        A ratio in ``[0, max_ratio]``. ``max_ratio`` when even that cannot reach the target (the
-        caller rejects such targets up front, see :func:`check_reachable`).
+        A pruning ratio in ``[0, max_pruning_ratio]``; ``max_pruning_ratio`` when even that cannot
+        reach the target (the caller rejects such targets up front, see :func:`check_reachable`).
     """
     t = len(decided)
-    rest = [1.0 - max_ratio] * (num_units - t - 1)
+    rest = [1.0 - max_pruning_ratio] * (num_units - t - 1)
 
-    def cost_at(ratio: float) -> float:
-        return cost_model([*decided, 1.0 - ratio, *rest])
+    def cost_at(pruning_ratio: float) -> float:
+        return cost_model([*decided, 1.0 - pruning_ratio, *rest])
 
     if cost_at(0.0) <= target_cost:
         return 0.0
-    if cost_at(max_ratio) > target_cost:
-        return max_ratio
-    lo, hi = 0.0, max_ratio
+    if cost_at(max_pruning_ratio) > target_cost:
+        return max_pruning_ratio
+    lo, hi = 0.0, max_pruning_ratio
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         if cost_at(mid) <= target_cost:
@@ -59,19 +60,21 @@ def min_pruning_ratio(
     return hi
 
 
-def check_reachable(target: float, max_pruned_ratio: float, what: str) -> None:
-    """Reject a target ratio that is not in (0, 1) or below what maximal pruning reaches.
+def check_reachable(target: float, min_relative_cost: float, what: str) -> None:
+    """Reject a target (relative cost) that is not in (0, 1) or below what maximal pruning reaches.
 
     Args:
         target: target cost as a fraction of the original.
-        max_pruned_ratio: cost ratio of the model with every unit pruned at the maximum ratio.
+        min_relative_cost: relative cost of the model with every unit pruned at the maximum
+            pruning ratio.
         what: the cost's name for the message (``"latency"``, ``"MACs"``).
     """
     if not 0.0 < target < 1.0:
         raise BudgetError(f"target {target} must be a fraction of the original {what} in (0, 1)")
-    if target < max_pruned_ratio:
+    if target < min_relative_cost:
         raise BudgetError(
             f"target {target:.3f} of the original {what} is unreachable: pruning every unit at the "
-            f"maximum ratio only reaches {max_pruned_ratio:.3f}; raise --target or --max-ratio"
+            f"maximum pruning ratio only reaches {min_relative_cost:.3f}; raise --target or "
+            "--max-pruning-ratio"
             + (" (or time a larger --latency-batch-size)" if what == "latency" else "")
         )

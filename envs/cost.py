@@ -2,7 +2,8 @@
 
 The env chooses a :class:`CostModel` once (``PruningEnvConfig.cost``) and asks it everything that
 used to branch on the cost's name: the estimate the action wall bisects on, each unit's share of
-the cost (the observation), which measured ratio of an evaluated strategy the target applies to,
+the cost (the observation), which measured relative cost of an evaluated strategy the target applies
+to,
 the base cost the reward sees, and what a measured episode teaches the estimate (latency only).
 
 Both estimate a strategy without pruning it, from :func:`envs.units.estimate_cost` over the
@@ -35,11 +36,12 @@ _MIN_SAVING = 0.05
 
 
 class CostModel(ABC):
-    """A cost as a ratio to the unpruned model's: estimated for kept fractions, read from results.
+    """A cost relative to the unpruned model's: estimated for kept fractions, read from results.
 
     Attributes:
         name: the cost's name in messages (``"latency"``, ``"MACs"``).
-        result_key: the key of an evaluated strategy's measured ratio (``"latency_ratio"``, ...).
+        result_key: the key of an evaluated strategy's measured relative cost
+            (``"relative_latency"``, ...).
     """
 
     name = ""
@@ -47,14 +49,16 @@ class CostModel(ABC):
 
     @abstractmethod
     def estimate(self, keep: Sequence[float]) -> float:
-        """Estimated cost ratio when unit ``i`` keeps the fraction ``keep[i]`` of its channels."""
+        """Estimated relative cost when unit ``i`` keeps the fraction ``keep[i]`` of its
+        channels."""
 
     def shares(self, num_units: int) -> np.ndarray:
         """Each unit's share of the cost: what removing all of its channels would save."""
         return _shares(self.estimate, num_units)
 
     def measured(self, result: Mapping[str, Any]) -> float:
-        """The measured ratio of an evaluated strategy (``ChannelPruningEnv.evaluate_strategy``)."""
+        """The measured relative cost of an evaluated strategy
+        (``ChannelPruningEnv.evaluate_strategy``)."""
         return float(result[self.result_key])
 
     def observe(self, keep: Sequence[float], result: Mapping[str, Any]) -> None:
@@ -66,7 +70,7 @@ class MacsCost(CostModel):
     """Multiply-accumulates, estimated layer by layer from the kept fractions."""
 
     name = "MACs"
-    result_key = "macs_ratio"
+    result_key = "relative_macs"
 
     def __init__(self, layer_costs: Sequence[LayerCost], num_units: int, base_macs: float) -> None:
         self.layer_costs = list(layer_costs)
@@ -89,7 +93,7 @@ class LatencyCost(CostModel):
     """
 
     name = "latency"
-    result_key = "latency_ratio"
+    result_key = "relative_latency"
 
     def __init__(
         self,
@@ -113,7 +117,7 @@ class LatencyCost(CostModel):
         return self.overhead_ms + estimate_cost(self.layer_costs, keep, per_layer=self.layer_ms)
 
     def raw_estimate(self, keep: Sequence[float]) -> float:
-        """The profile's latency ratio, before calibration."""
+        """The profile's relative latency, before calibration."""
         return self._profile_ms(keep) / self._full
 
     def estimate(self, keep: Sequence[float]) -> float:
@@ -127,12 +131,12 @@ class LatencyCost(CostModel):
         """Add the measured point of one evaluated strategy to the slope."""
         self.add_point(keep, self.measured(result))
 
-    def add_point(self, keep: Sequence[float], measured_ratio: float) -> None:
-        """Add one measured point ``(keep, measured latency ratio)`` to the slope."""
+    def add_point(self, keep: Sequence[float], measured_relative_latency: float) -> None:
+        """Add one measured point ``(keep, measured relative latency)`` to the slope."""
         saving = 1.0 - self.raw_estimate(keep)
         if not self.calibrate or saving < _MIN_SAVING:
             return
-        self._samples.append(max(1.0 - measured_ratio, 0.0) / saving)
+        self._samples.append(max(1.0 - measured_relative_latency, 0.0) / saving)
         self.slope = float(np.quantile(self._samples, CALIBRATION_QUANTILE))
 
     def refit_at_target(
@@ -140,7 +144,7 @@ class LatencyCost(CostModel):
         uniform_keep: Callable[[float], Sequence[float]],
         measure: Callable[[float], float],
         target: float,
-        max_ratio: float,
+        max_pruning_ratio: float,
         steps: int = 12,
     ) -> None:
         """Re-fit the slope on one uniform strategy that the estimate puts at ``target``.
@@ -150,15 +154,15 @@ class LatencyCost(CostModel):
         the target, where the wall decides; this point replaces every earlier one.
 
         Args:
-            uniform_keep: kept fractions of every unit when all are pruned at one ratio.
-            measure: measured latency ratio of the uniform strategy at a ratio.
-            target: the env's target latency ratio.
-            max_ratio: the largest pruning ratio.
+            uniform_keep: kept fractions of every unit when all are pruned at one pruning ratio.
+            measure: measured relative latency of the uniform strategy at a pruning ratio.
+            target: the env's target relative latency.
+            max_pruning_ratio: the largest pruning ratio.
         """
         if not self.calibrate:
             return
-        lo, hi = 0.0, max_ratio
-        for _ in range(steps):  # least uniform ratio whose estimate meets the target
+        lo, hi = 0.0, max_pruning_ratio
+        for _ in range(steps):  # least uniform pruning ratio whose estimate meets the target
             mid = 0.5 * (lo + hi)
             lo, hi = (lo, mid) if self.estimate(uniform_keep(mid)) <= target else (mid, hi)
         measured = measure(hi)

@@ -44,10 +44,11 @@ ALL_FEATURES: tuple[str, ...] = (
     "latency_share",  # estimated unit latency / model latency
     "cost_removed",  # share of the targeted cost removed by the units already visited
     "cost_rest",  # share of the targeted cost held by the units still to visit after this one
-    "previous_ratio",  # pruning ratio applied to the previous unit
+    "previous_pruning_ratio",  # pruning ratio applied to the previous unit
     "target",  # target cost as a fraction of the original
     "coupling",  # (layers in the unit - 1) / 4: residual/depthwise coupling
-    "required_ratio",  # smallest ratio this unit must take for the target to stay reachable
+    "required_pruning_ratio",  # smallest pruning ratio this unit must take to keep the target
+    # reachable
     # version 2: transfer across network lengths and resolutions
     "relative_latency_share",  # log2(share * T) / 8 + 0.5: the average unit -> 0.5, 16x -> 1
     "relative_macs_share",  # the same for MACs
@@ -62,9 +63,20 @@ ALL_FEATURES: tuple[str, ...] = (
 DEFAULT_FEATURES: tuple[str, ...] = ALL_FEATURES
 #: Version-1 observation (agents saved before :data:`FEATURES_VERSION` 2).
 FEATURES_V1: tuple[str, ...] = ALL_FEATURES[:18]
+#: Old feature name -> current name. Agents saved before the rename (e.g. the shipped multi6-v2)
+#: record the old names; :func:`current_feature_names` reads them as the same features.
+RENAMED_FEATURES: dict[str, str] = {
+    "previous_ratio": "previous_pruning_ratio",
+    "required_ratio": "required_pruning_ratio",
+}
 #: Kept for readers of version 1: the names and count of the default observation.
 FEATURE_NAMES = DEFAULT_FEATURES
 NUM_FEATURES = len(DEFAULT_FEATURES)
+
+
+def current_feature_names(names: Sequence[str]) -> list[str]:
+    """``names`` with every renamed feature under its current name (:data:`RENAMED_FEATURES`)."""
+    return [RENAMED_FEATURES.get(n, n) for n in names]
 
 
 def check_features(names: Sequence[str]) -> tuple[str, ...]:
@@ -85,15 +97,15 @@ class NetworkContext:
 
     Attributes:
         num_units: Units in an episode (T).
-        latency_share: Per unit, its estimated share of the model's latency.
-        macs_share: Per unit, its share of the model's MACs.
+        unit_latency_shares: Per unit index, its estimated share of the model's latency.
+        unit_macs_shares: Per unit index, its share of the model's MACs.
         input_size: Height of the network's input, pixels.
         max_out_channels: Largest ``out_channels`` over the units.
     """
 
     num_units: int
-    latency_share: np.ndarray
-    macs_share: np.ndarray
+    unit_latency_shares: np.ndarray
+    unit_macs_shares: np.ndarray
     input_size: int
     max_out_channels: int
 
@@ -113,9 +125,9 @@ def unit_features(
     *,
     cost_removed: float,
     cost_rest: float,
-    previous_ratio: float,
+    previous_pruning_ratio: float,
     target: float,
-    required_ratio: float,
+    required_pruning_ratio: float,
     names: Sequence[str] = DEFAULT_FEATURES,
 ) -> np.ndarray:
     """Observation of ``unit`` at its step of the episode.
@@ -125,9 +137,9 @@ def unit_features(
         context: the network the unit belongs to.
         cost_removed: share of the targeted cost already removed (units before this one).
         cost_rest: share of the targeted cost in the units after this one, at full width.
-        previous_ratio: pruning ratio taken at the previous unit (0 at the first).
-        target: the target cost ratio.
-        required_ratio: the action wall's floor for this unit.
+        previous_pruning_ratio: pruning ratio taken at the previous unit (0 at the first).
+        target: the target (relative cost).
+        required_pruning_ratio: the action wall's floor for this unit.
         names: the features to return, in this order (see :data:`ALL_FEATURES`).
 
     Returns:
@@ -135,7 +147,7 @@ def unit_features(
     """
     kind = unit.kind
     t, n = unit.index, context.num_units
-    share = float(context.latency_share[t])
+    share = float(context.unit_latency_shares[t])
     # The cost this unit and the later ones leave (estimated, as a fraction of the original) and
     # the relative cut they must still make together to reach the target.
     current = 1.0 - cost_removed
@@ -154,16 +166,16 @@ def unit_features(
         "latency_share": share,
         "cost_removed": cost_removed,
         "cost_rest": cost_rest,
-        "previous_ratio": previous_ratio,
+        "previous_pruning_ratio": previous_pruning_ratio,
         "target": target,
         "coupling": (len(unit.layer_names) - 1) / 4.0,
-        "required_ratio": required_ratio,
+        "required_pruning_ratio": required_pruning_ratio,
         "relative_latency_share": _relative(share, n),
-        "relative_macs_share": _relative(float(context.macs_share[t]), n),
-        "previous_relative_share": _relative(float(context.latency_share[t - 1]), n)
+        "relative_macs_share": _relative(float(context.unit_macs_shares[t]), n),
+        "previous_relative_share": _relative(float(context.unit_latency_shares[t - 1]), n)
         if t > 0
         else 0.0,
-        "next_relative_share": _relative(float(context.latency_share[t + 1]), n)
+        "next_relative_share": _relative(float(context.unit_latency_shares[t + 1]), n)
         if t + 1 < n
         else 0.0,
         "log_downsampling": _log_scaled(context.input_size / max(unit.feature_size, 1), 6.0),

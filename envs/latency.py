@@ -43,9 +43,9 @@ class LatencyConfig:
         repeats: Timed forward passes.
         threads: ``torch.set_num_threads`` during measurement (restored after); None keeps it.
             1 is stable on a shared machine; use your deployment's.
-        rel_tol: :meth:`LatencyMeter.ratio` stops once the candidate/reference ratio is known to
-            within this relative 95% half-width (0.02: +-2%); ``repeats`` pairs at most. None
-            times all ``repeats``. Ignored by :func:`measure_latency` and
+        rel_tol: :meth:`LatencyMeter.relative_latency` stops once the candidate/reference ratio
+            is known to within this relative 95% half-width (0.02: +-2%); ``repeats`` pairs at most.
+            None times all ``repeats``. Ignored by :func:`measure_latency` and
             :func:`compare_latency`, whose numbers are reported and so always get every repeat.
         min_repeats: fewest interleaved pairs before the stopping rule may stop (the spread of
             fewer is itself too noisy to trust).
@@ -192,10 +192,10 @@ _MAD_SD = 1.4826
 _Z95 = 1.96
 
 
-def paired_ratio(
+def paired_relative_latency(
     candidate_ms: Sequence[float], reference_ms: Sequence[float]
 ) -> tuple[float, float]:
-    """Latency ratio from interleaved runs, and how well it is known.
+    """Relative latency from interleaved runs, and how well it is known.
 
     Run ``i`` of the candidate and run ``i`` of the reference ran back to back, so they saw the same
     machine load; their log-ratio ``d_i`` is far less noisy than either time. The ratio is
@@ -219,19 +219,19 @@ def paired_ratio(
 
 
 class LatencyMeter:
-    """Latency ratios of candidates vs a fixed reference model, cached by shape signature.
+    """Relative latency of candidates to a fixed reference model, cached by shape signature.
 
     Args:
         reference: the model every candidate is compared with.
         input_shape: one sample's shape, ``(C, H, W)``.
         config: timing settings; ``rel_tol`` and ``min_repeats`` drive the stopping rule.
-        threshold: the ratio that decides something (the target plus its tolerance): timing also
-            stops once the ratio is known to be below or above it, as more precision would not
+        threshold: the relative latency that decides something (the target plus its tolerance):
+            timing also stops once it is known to be below or above it, as more precision would not
             change the decision. None: only ``rel_tol`` stops.
 
     Attributes:
         reference_stats: Latency of the reference, measured at construction.
-        hits: Calls of :meth:`ratio` answered from the cache.
+        hits: Calls of :meth:`relative_latency` answered from the cache.
         misses: Calls that measured.
         backend: Compiles the models for ``config.backend`` (its ``exports`` and ``compile_s``
             count the cost); a cache hit compiles nothing.
@@ -254,15 +254,15 @@ class LatencyMeter:
         self.misses = 0
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
 
-    def ratio(self, model: nn.Module) -> tuple[float, LatencyStats]:
+    def relative_latency(self, model: nn.Module) -> tuple[float, LatencyStats]:
         """(candidate / reference latency, candidate stats), timed interleaved.
 
-        Candidate and reference runs alternate (the order flips every repeat), so both see the
-        same machine load; the ratio (:func:`paired_ratio`) is far more stable than either
-        latency alone. Timing stops as soon as the ratio is known to ``config.rel_tol`` or known
-        to lie on one side of ``threshold`` (after at least ``config.min_repeats`` pairs, at most
-        ``config.repeats``). The reference, timed at every call, gets one warm-up run; the
-        candidate ``config.warmup``.
+        Candidate and reference runs alternate (the order flips every repeat), so both see the same
+        machine load; the ratio (:func:`paired_relative_latency`) is far more stable than either
+        latency alone. Timing stops as soon as the ratio is known to ``config.rel_tol`` or known to
+        lie on one side of ``threshold`` (after at least ``config.min_repeats`` pairs, at most
+        ``config.repeats``). The reference, timed at every call, gets one warm-up run; the candidate
+        ``config.warmup``.
         """
         key = shape_signature(model)
         if key in self._cache:
@@ -286,8 +286,8 @@ class LatencyMeter:
                         times[j].append(runs[j]())
                     if self._known(times, i + 1):
                         break
-        ratio, _ = paired_ratio(*times)
-        result = (ratio, LatencyStats.from_times(times[0]))
+        relative, _ = paired_relative_latency(*times)
+        result = (relative, LatencyStats.from_times(times[0]))
         self._cache[key] = result
         return result
 
@@ -295,11 +295,13 @@ class LatencyMeter:
         cfg = self.config
         if cfg.rel_tol is None or pairs < max(cfg.min_repeats, 2):
             return False
-        ratio, half_width = paired_ratio(*times)
+        relative, half_width = paired_relative_latency(*times)
         if half_width <= cfg.rel_tol:
             return True
         t = self.threshold
-        return t is not None and (ratio * (1 + half_width) < t or ratio > t * (1 + half_width))
+        return t is not None and (
+            relative * (1 + half_width) < t or relative > t * (1 + half_width)
+        )
 
 
 def profile_layers(

@@ -81,8 +81,8 @@ class LatencyTable:
         layers: Row per conv/linear layer name.
         profile: How the layers' times were obtained (see :func:`envs.latency.profile_layers`).
         created: When the table was measured (UTC, ISO 8601).
-        calibration: Measured points ``(linear estimate, measured ratio)`` of pruned copies on
-            the table's device, sorted; empty: the linear estimate is used as it is.
+        calibration: Measured points ``(linear estimate, measured relative latency)`` of pruned
+            copies on the table's device, sorted; empty: the linear estimate is used as it is.
     """
 
     model: str
@@ -133,7 +133,7 @@ class LatencyTable:
         return total
 
     def corrected(self, estimate: float) -> float:
-        """The latency ratio a linear ``estimate`` (:meth:`estimate_ms` over :attr:`latency_ms`)
+        """The relative latency a linear ``estimate`` (:meth:`estimate_ms` over :attr:`latency_ms`)
         stands for on the table's device: interpolated through the measured ``calibration``
         points and (1, 1); below the lowest point, proportional to it. Without points, as is."""
         points = sorted({*self.calibration, (1.0, 1.0)})
@@ -231,9 +231,11 @@ def calibrate_table(
     table: LatencyTable, model: nn.Module, pruned: Sequence[nn.Module], config: LatencyConfig
 ) -> LatencyTable:
     """``table`` with a measured point per pruned copy of ``model``: (its linear estimate, its
-    latency ratio timed interleaved with ``model``, every repeat) on this device."""
+    relative latency timed interleaved with ``model``, every repeat) on this device."""
     meter = LatencyMeter(model, table.input_shape, replace(config, rel_tol=None))
-    points = [(table.estimate_ms(p) / table.latency_ms, meter.ratio(p)[0]) for p in pruned]
+    points = [
+        (table.estimate_ms(p) / table.latency_ms, meter.relative_latency(p)[0]) for p in pruned
+    ]
     return replace(table, calibration=tuple(sorted(points)))
 
 
@@ -427,11 +429,11 @@ class TableLatency:
             )
         return self.table.layer_ms(), self.table.overhead_ms
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
-        """(estimated latency ratio, its ms): the linear estimate relative to the reference's,
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+        """(estimated relative latency, its ms): the linear estimate relative to the reference's,
         through the table's measured points (:meth:`LatencyTable.corrected`)."""
-        ratio = self.table.corrected(self.table.estimate_ms(model) / self.base_ms)
-        return ratio, ratio * self.base_ms
+        relative = self.table.corrected(self.table.estimate_ms(model) / self.base_ms)
+        return relative, relative * self.base_ms
 
     def describe(self) -> str:
         """Where the search's latency came from, for logs and reports."""

@@ -192,9 +192,9 @@ class Pruner:
         _unshare_tensors(pruned, self.model)
         return pruned
 
-    def _kept(self, unit: PrunableUnit, ratio: float) -> int:
+    def _kept(self, unit: PrunableUnit, pruning_ratio: float) -> int:
         n, groups = unit.out_channels, unit.channel_groups
-        keep = n * (1.0 - ratio)
+        keep = n * (1.0 - pruning_ratio)
         step = math.lcm(self.round_to or 1, groups)
         if step >= n:
             step = groups
@@ -204,16 +204,17 @@ class Pruner:
         return min(candidates, key=lambda c: (abs(c - keep), -c))
 
     def _check_strategy(self, strategy: Mapping[str, float]) -> None:
-        for name, ratio in strategy.items():
+        for name, pruning_ratio in strategy.items():
             if name not in self._index:
                 hint = difflib.get_close_matches(name, list(self._index), n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                 raise PruningError(
                     f"unknown unit '{name}' in strategy{suggestion} (units: Pruner.units)"
                 )
-            if not 0.0 <= float(ratio) < 1.0:  # also rejects NaN
+            if not 0.0 <= float(pruning_ratio) < 1.0:  # also rejects NaN
                 raise PruningError(
-                    f"pruning ratio of '{name}' must be in [0, 1) (fraction removed), got {ratio}"
+                    f"pruning ratio of '{name}' must be in [0, 1) (fraction removed), got "
+                    f"{pruning_ratio}"
                 )
 
     def _check_prunable(self) -> None:

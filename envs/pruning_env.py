@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from envs.budget import check_reachable, min_pruning_ratio
+from envs.budget import check_reachable, required_pruning_ratio
 from envs.cost import CostModel, LatencyCost, MacsCost
 from envs.features import DEFAULT_FEATURES, NetworkContext, check_features, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
@@ -34,8 +34,8 @@ class PruningEnvConfig:
         target: target cost as a fraction of the original model's (latency or MACs), in (0, 1).
         cost: what the target constrains: ``"latency"`` (measured) or ``"macs"`` (AMC's proxy).
         reward: reward name in :data:`envs.rewards.REWARDS`.
-        min_ratio: smallest pruning ratio an action maps to.
-        max_ratio: largest pruning ratio any unit may take (AMC keeps at least 20%: 0.8).
+        min_pruning_ratio: smallest pruning ratio an action maps to.
+        max_pruning_ratio: largest pruning ratio any unit may take (AMC keeps at least 20%: 0.8).
         importance: channel importance criterion (``"l1"``, ``"l2"``).
         round_to: keep channel counts multiples of this (None: any count).
         bn_batches: training batches used to recalibrate BatchNorm statistics (4 x 64 images:
@@ -62,8 +62,8 @@ class PruningEnvConfig:
     target: float = 0.5
     cost: str = "latency"
     reward: str = "acc"
-    min_ratio: float = 0.0
-    max_ratio: float = 0.8
+    min_pruning_ratio: float = 0.0
+    max_pruning_ratio: float = 0.8
     importance: str = "l1"
     round_to: int | None = None
     bn_batches: int = 4
@@ -78,9 +78,10 @@ class PruningEnvConfig:
         object.__setattr__(self, "features", check_features(self.features))
         if self.cost not in ("latency", "macs"):
             raise RlpruneError(f"unknown cost '{self.cost}'; choose 'latency' or 'macs'")
-        if not 0.0 <= self.min_ratio < self.max_ratio < 1.0:
+        if not 0.0 <= self.min_pruning_ratio < self.max_pruning_ratio < 1.0:
             raise RlpruneError(
-                f"need 0 <= min_ratio < max_ratio < 1, got {self.min_ratio} and {self.max_ratio}"
+                "need 0 <= min_pruning_ratio < max_pruning_ratio < 1, got "
+                f"{self.min_pruning_ratio} and {self.max_pruning_ratio}"
             )
         get_reward(self.reward)  # fail early on an unknown name
 
@@ -91,7 +92,7 @@ class LatencySource(Protocol):
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         """Per-layer latency (ms) of the reference model and the rest (ms) not in those layers."""
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
         """Latency of ``model`` relative to the reference, and its median in ms."""
 
 
@@ -102,7 +103,8 @@ class MeasuredLatency:
         reference: the unpruned model.
         input_shape: one sample's shape.
         config: timing settings (see :class:`envs.latency.LatencyConfig`).
-        threshold: ratio at which the reward changes (target plus tolerance); timing a candidate
+        threshold: relative latency at which the reward changes (target plus tolerance); timing a
+            candidate
             stops early once it is known to be on one side of it (see
             :class:`envs.latency.LatencyMeter`).
         tables: directory of saved per-layer latency tables (:mod:`envs.latency_table`): the
@@ -141,9 +143,9 @@ class MeasuredLatency:
         )
         return self.table.layer_ms(), self.table.overhead_ms
 
-    def ratio(self, model: nn.Module) -> tuple[float, float]:
-        ratio, stats = self.meter.ratio(model)
-        return ratio, stats.median_ms
+    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+        relative, stats = self.meter.relative_latency(model)
+        return relative, stats.median_ms
 
     @property
     def compile_s(self) -> float:
@@ -174,28 +176,30 @@ class ChannelPruningEnv(gym.Env):
     outputs are never pruned.
 
     **Action space**: ``Box(-1, 1, (1,), float32)``, mapped linearly to a pruning ratio (fraction of
-    the unit's channels removed) in ``[min_ratio, max_ratio]``, then raised if needed by AMC's
-    action wall so that the target stays reachable when every later unit is pruned at
-    ``max_ratio`` (the wall uses a per-layer latency table or MACs, see :mod:`envs.budget`).
+    the unit's channels removed) in ``[min_pruning_ratio, max_pruning_ratio]``, then raised if
+    needed by AMC's action wall so that the target stays reachable when every later unit is pruned
+    at ``max_pruning_ratio`` (the wall uses a per-layer latency table or MACs, see
+    :mod:`envs.budget`).
 
     **Observation space**: ``Box(0, 1, (len(config.features),), float32)``, the fixed-scale,
     architecture-agnostic features of the current unit named in ``config.features`` (all of
     :data:`envs.features.ALL_FEATURES` by default: relative depth, kind, log widths, kernel,
     stride, feature-map size, MACs and latency shares, cost removed so far, cost still to visit,
-    previous ratio, target, coupling, the wall's floor, and for transfer the shares relative to
-    the average unit's, the neighbours' shares, downsampling, relative width, network length and
+    previous pruning ratio, target, coupling, the wall's floor, and for transfer the shares relative
+    to the average unit's, the neighbours' shares, downsampling, relative width, network length and
     the cut still needed).
 
     **Reward**: 0 at every step but the last. At the last unit a copy of the model is pruned for
     real, its BatchNorm statistics are recalibrated on a few training batches, its accuracy is
     measured on the reward split and its latency on the target device; the reward is
-    ``REWARDS[config.reward](accuracy, cost_ratio, target, base_cost)``.
+    ``REWARDS[config.reward](accuracy, relative_cost, target, base_cost)``.
 
     **Start**: the first unit, nothing pruned. **End**: ``terminated=True`` after the last unit;
     never truncated. ``info`` of the last step carries ``accuracy``, ``latency_ms``,
-    ``latency_ratio``, ``macs_ratio``, ``params_ratio``, ``strategy``, ``reward`` and the time spent
-    (``time_prune_s``, ``time_bn_s``, ``time_eval_s``, ``time_latency_s``; ``time_export_s`` is
-    the part of ``time_latency_s`` spent compiling for the latency backend).
+    ``relative_latency``, ``relative_macs``, ``relative_params`` (each pruned / original),
+    ``strategy``, ``reward`` and the time spent (``time_prune_s``, ``time_bn_s``, ``time_eval_s``,
+    ``time_latency_s``; ``time_export_s`` is the part of ``time_latency_s`` spent compiling for the
+    latency backend).
 
     The source model is never modified. Baseline accuracy and latency are measured once, here.
 
@@ -211,7 +215,7 @@ class ChannelPruningEnv(gym.Env):
         self,
         model: nn.Module,
         train_set: TensorDataset,
-        reward_set: TensorDataset,
+        reward_val: TensorDataset,
         config: PruningEnvConfig | None = None,
         *,
         device: str | torch.device = "cpu",
@@ -226,7 +230,7 @@ class ChannelPruningEnv(gym.Env):
         self.model = model.to(self.device).eval()
         self.model_name = model_name
         self.train_set = train_set
-        self.reward_set = reward_set
+        self.reward_val = reward_val
         self.input_shape = tuple(train_set.tensors[0].shape[1:])
         self.example_input = torch.zeros(1, *self.input_shape, device=self.device)
         self.reward_fn = get_reward(self.config.reward)
@@ -252,7 +256,7 @@ class ChannelPruningEnv(gym.Env):
         self.layer_costs = self.pruner.layer_costs
         self.base_macs, self.base_params = self.pruner.base_macs, self.pruner.base_params
         self.base_accuracy = evaluate(
-            self.model, reward_set, self.device, self.config.eval_batch_size
+            self.model, reward_val, self.device, self.config.eval_batch_size
         )
 
         lat_cfg = LatencyConfig(**{**asdict(self.config.latency), "device": str(self.device)})
@@ -268,7 +272,7 @@ class ChannelPruningEnv(gym.Env):
         self.layer_latency_ms, self.overhead_ms = self.latency.profile(
             [c.name for c in self.layer_costs]
         )
-        _, self.base_latency_ms = self.latency.ratio(self.model)
+        _, self.base_latency_ms = self.latency.relative_latency(self.model)
         self.macs_cost = MacsCost(self.layer_costs, self.num_units, self.base_macs)
         self.latency_cost = LatencyCost(
             self.layer_costs,
@@ -282,31 +286,33 @@ class ChannelPruningEnv(gym.Env):
         self.cost: CostModel = (
             self.latency_cost if self.config.cost == "latency" else self.macs_cost
         )
-        self.macs_share = self.macs_cost.shares(self.num_units)
-        self.latency_share = self.latency_cost.shares(self.num_units)
-        self._cost_share = self.latency_share if self.cost is self.latency_cost else self.macs_share
+        self.unit_macs_shares = self.macs_cost.shares(self.num_units)
+        self.unit_latency_shares = self.latency_cost.shares(self.num_units)
+        self._unit_cost_shares = (
+            self.unit_latency_shares if self.cost is self.latency_cost else self.unit_macs_shares
+        )
         # The network-wide part of every observation (the shares change only here).
         self._context = NetworkContext(
             num_units=self.num_units,
-            latency_share=self.latency_share,
-            macs_share=self.macs_share,
+            unit_latency_shares=self.unit_latency_shares,
+            unit_macs_shares=self.unit_macs_shares,
             input_size=int(self.input_shape[-2]) if len(self.input_shape) == 3 else 1,
             max_out_channels=max(u.out_channels for u in self.units),
         )
-        shares = zip(self.units, self.latency_share, strict=True)
-        self.latency_shares = {u.name: float(s) for u, s in shares}
+        shares = zip(self.units, self.unit_latency_shares, strict=True)
+        self.latency_share_by_unit = {u.name: float(s) for u, s in shares}
 
-        max_strategy = {u.name: self.config.max_ratio for u in self.units}
+        max_strategy = {u.name: self.config.max_pruning_ratio for u in self.units}
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
         self.latency_cost.observe(self.pruner.keep_fractions(max_strategy), self.max_pruned)
         self.latency_cost.refit_at_target(
             self._uniform_keep,
-            lambda ratio: self.evaluate_strategy(
-                {u.name: ratio for u in self.units}, with_accuracy=False
-            )["latency_ratio"],
+            lambda pruning_ratio: self.evaluate_strategy(
+                {u.name: pruning_ratio for u in self.units}, with_accuracy=False
+            )["relative_latency"],
             self.config.target,
-            self.config.max_ratio,
+            self.config.max_pruning_ratio,
         )
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
@@ -316,7 +322,7 @@ class ChannelPruningEnv(gym.Env):
         )
         self._cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._keep: list[float] = []
-        self._ratios: list[float] = []
+        self._pruning_ratios: list[float] = []
         self._floor = 0.0
 
     # ----------------------------------------------------------------- cost models
@@ -326,46 +332,47 @@ class ChannelPruningEnv(gym.Env):
         return self.latency_cost.slope
 
     def latency_estimate(self, keep: Sequence[float]) -> float:
-        """Estimated latency ratio for kept fractions ``keep`` (:class:`envs.cost.LatencyCost`)."""
+        """Estimated relative latency for kept fractions ``keep``
+        (:class:`envs.cost.LatencyCost`)."""
         return self.latency_cost.estimate(keep)
 
     def macs_estimate(self, keep: Sequence[float]) -> float:
-        """Estimated MACs ratio for kept fractions ``keep``."""
+        """Estimated relative MACs for kept fractions ``keep``."""
         return self.macs_cost.estimate(keep)
 
     def cost_estimate(self, keep: Sequence[float]) -> float:
-        """Estimated ratio of the cost the target constrains (latency or MACs) for ``keep``."""
+        """Estimated relative cost the target constrains (latency or MACs) for ``keep``."""
         return self.cost.estimate(keep)
 
-    def _uniform_keep(self, ratio: float) -> list[float]:
-        return self.pruner.keep_fractions({u.name: ratio for u in self.units})
+    def _uniform_keep(self, pruning_ratio: float) -> list[float]:
+        return self.pruner.keep_fractions({u.name: pruning_ratio for u in self.units})
 
     def check_target(self, target: float) -> None:
         """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
         check_reachable(target, self.cost.measured(self.max_pruned), self.cost.name)
 
     # ----------------------------------------------------------------- gym API
-    def _required_ratio(self) -> float:
-        return min_pruning_ratio(
+    def _required_pruning_ratio(self) -> float:
+        return required_pruning_ratio(
             self.cost.estimate,
             self._keep,
             self.num_units,
             self.config.target,
-            self.config.max_ratio,
+            self.config.max_pruning_ratio,
         )
 
     def _observation(self) -> np.ndarray:
         t = len(self._keep)
-        self._floor = self._required_ratio()  # the wall for this unit; step() reuses it
+        self._floor = self._required_pruning_ratio()  # the wall for this unit; step() reuses it
         ones = [1.0] * (self.num_units - t)
         return unit_features(
             self.units[t],
             self._context,
             cost_removed=1.0 - self.cost.estimate(self._keep + ones),
-            cost_rest=float(self._cost_share[t + 1 :].sum()),
-            previous_ratio=self._ratios[-1] if self._ratios else 0.0,
+            cost_rest=float(self._unit_cost_shares[t + 1 :].sum()),
+            previous_pruning_ratio=self._pruning_ratios[-1] if self._pruning_ratios else 0.0,
             target=self.config.target,
-            required_ratio=self._floor,
+            required_pruning_ratio=self._floor,
             names=self.feature_names,
         )
 
@@ -373,32 +380,37 @@ class ChannelPruningEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._keep, self._ratios = [], []
+        self._keep, self._pruning_ratios = [], []
         return self._observation(), {}
 
-    def action_to_ratio(self, action: float) -> float:
-        """Map an action in [-1, 1] linearly to a ratio in [min_ratio, max_ratio]."""
+    def action_to_pruning_ratio(self, action: float) -> float:
+        """Map an action in [-1, 1] linearly to a pruning ratio in
+        [min_pruning_ratio, max_pruning_ratio]."""
         a = float(np.clip(action, -1.0, 1.0))
-        lo, hi = self.config.min_ratio, self.config.max_ratio
+        lo, hi = self.config.min_pruning_ratio, self.config.max_pruning_ratio
         return lo + (a + 1.0) / 2.0 * (hi - lo)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if len(self._keep) >= self.num_units:
             raise RlpruneError("step() called after the episode ended; call reset() first")
         unit = self.units[len(self._keep)]
-        wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
-        ratio = min(max(wanted, self._floor), self.config.max_ratio)
-        # The cost estimates of later steps see the channel count this ratio really keeps.
-        self._keep.append(self.pruner.keep_fractions({unit.name: ratio})[unit.index])
-        self._ratios.append(ratio)
-        info: dict[str, Any] = {"unit": unit.name, "ratio": ratio, "wanted_ratio": wanted}
+        wanted = self.action_to_pruning_ratio(float(np.asarray(action).reshape(-1)[0]))
+        pruning_ratio = min(max(wanted, self._floor), self.config.max_pruning_ratio)
+        # The cost estimates of later steps see the channel count this pruning ratio really keeps.
+        self._keep.append(self.pruner.keep_fractions({unit.name: pruning_ratio})[unit.index])
+        self._pruning_ratios.append(pruning_ratio)
+        info: dict[str, Any] = {
+            "unit": unit.name,
+            "pruning_ratio": pruning_ratio,
+            "wanted_pruning_ratio": wanted,
+        }
         if len(self._keep) < self.num_units:
             return self._observation(), 0.0, False, False, info
 
-        strategy = {u.name: r for u, r in zip(self.units, self._ratios, strict=True)}
+        strategy = {u.name: r for u, r in zip(self.units, self._pruning_ratios, strict=True)}
         result = self.evaluate_strategy(strategy)
         self.cost.observe(self._keep, result)
-        info.update(result, model=self.model_name, latency_shares=self.latency_shares)
+        info.update(result, model=self.model_name, latency_share_by_unit=self.latency_share_by_unit)
         obs = np.zeros(len(self.feature_names), dtype=np.float32)
         obs[0] = 1.0
         return obs, float(result["reward"]), True, False, info
@@ -414,8 +426,8 @@ class ChannelPruningEnv(gym.Env):
 
         Returns:
             dict with ``accuracy`` (reward split, after BN recalibration; None if not asked),
-            ``latency_ms``, ``latency_ratio``, ``macs``, ``macs_ratio``, ``params``,
-            ``params_ratio``, ``strategy``, ``kept_channels``, ``reward``, ``cached`` and the
+            ``latency_ms``, ``relative_latency``, ``macs``, ``relative_macs``, ``params``,
+            ``relative_params``, ``strategy``, ``kept_channels``, ``reward``, ``cached`` and the
             seconds spent in each stage.
         """
         kept = self.pruner.kept_channels(strategy)
@@ -434,23 +446,23 @@ class ChannelPruningEnv(gym.Env):
         if with_accuracy:
             self.restore(pruned)
             t2 = time.perf_counter()
-            accuracy = evaluate(pruned, self.reward_set, self.device, self.config.eval_batch_size)
+            accuracy = evaluate(pruned, self.reward_val, self.device, self.config.eval_batch_size)
             t3 = time.perf_counter()
             times["time_bn_s"], times["time_eval_s"] = t2 - t1, t3 - t2
         t4, compiled_s = time.perf_counter(), self._compile_s()
-        latency_ratio, latency_ms = self.latency.ratio(pruned)
+        relative_latency, latency_ms = self.latency.relative_latency(pruned)
         times["time_latency_s"] = time.perf_counter() - t4
         times["time_export_s"] = self._compile_s() - compiled_s
 
-        macs_ratio = macs / self.base_macs
+        relative_macs = macs / self.base_macs
         result = {
             "accuracy": accuracy,
             "latency_ms": latency_ms,
-            "latency_ratio": latency_ratio,
+            "relative_latency": relative_latency,
             "macs": macs,
-            "macs_ratio": macs_ratio,
+            "relative_macs": relative_macs,
             "params": params,
-            "params_ratio": params / self.base_params,
+            "relative_params": params / self.base_params,
             "kept_channels": kept,
             **times,
         }
@@ -483,8 +495,9 @@ class ChannelPruningEnv(gym.Env):
             self._cache.setdefault(key, dict(result))
         return len(self._cache) - before
 
-    def cost_ratio(self, result: Mapping[str, Any]) -> float:
-        """The cost ratio the env's target applies to, from an :meth:`evaluate_strategy` result."""
+    def relative_cost(self, result: Mapping[str, Any]) -> float:
+        """The relative cost the env's target applies to, from an :meth:`evaluate_strategy`
+        result."""
         return self.cost.measured(result)
 
     def prune(self, strategy: Mapping[str, float]) -> nn.Module:

@@ -3,7 +3,7 @@
 A *unit* is one Torch-Pruning dependency group rooted at a conv or linear layer: every layer whose
 output channels must be removed together (residual additions, depthwise convs, BatchNorm, the
 inputs of the consumers). The agent gives one pruning ratio per unit, so coupled layers can never
-receive conflicting ratios. Units are ordered by the execution order of their first layer.
+receive conflicting pruning ratios. Units are ordered by the execution order of their first layer.
 
 A unit that touches a grouped convolution (ResNeXt, RegNet) has ``channel_groups`` > 1: its channels
 form that many equal groups, and every group loses the same channels, so the convolution keeps its
@@ -81,7 +81,8 @@ class LayerCost:
         name: Module name of the layer.
         macs: MACs per sample at full width.
         params: Weight and bias elements.
-        out_unit: Index of the unit whose ratio removes this layer's output channels, or None.
+        out_unit: Index of the unit whose pruning ratio removes this layer's output channels, or
+            None.
         in_unit: Index of the unit that removes (most of) this layer's input channels, or None.
         depthwise: Cost scales with the kept fraction once (groups == channels).
         in_split: When the input channels come from several units (a concatenation): pairs of

@@ -18,7 +18,8 @@ class UnknownModelError(RlpruneError):
 
 
 class PruningError(RlpruneError):
-    """A model or strategy cannot be pruned (unsupported layer, bad unit name, bad ratio)."""
+    """A model or strategy cannot be pruned (unsupported layer, bad unit name, bad pruning
+    ratio)."""
 
 
 class CheckpointError(RlpruneError):

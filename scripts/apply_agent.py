@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     other = best["alternative"]
     print(
         f"zero-shot ({best['zero_shot']} strategy): reward-split accuracy {best['accuracy']:.4f}, "
-        f"latency ratio {best['latency_ratio']:.3f}, MACs ratio {best['macs_ratio']:.3f}; the "
+        f"relative latency {best['relative_latency']:.3f}, relative MACs "
+        f"{best['relative_macs']:.3f}; the "
         f"{'policy' if best['zero_shot'] == 'projected' else 'projected'} strategy: "
-        f"{other['accuracy']:.4f} at latency ratio {other['latency_ratio']:.3f}"
+        f"{other['accuracy']:.4f} at relative latency {other['relative_latency']:.3f}"
     )
     (run_dir / "zero_shot_strategy.json").write_text(json.dumps(best, indent=2, default=str))
     if args.episodes > 0:

@@ -1,18 +1,18 @@
 """Benchmark the learned pruning policy against simple rules, at equal measured latency.
 
-For every task (base model + dataset), latency target and seed, the methods prune the same
-trained model: ``uniform`` (one ratio everywhere), ``global`` (one global magnitude threshold),
-``random`` (per-unit random actions through the env's action wall), ``sampled`` (EagleEye's
-random search: whole random strategies projected onto the target), ``tpe`` (Optuna TPE over the
-same projection), ``agent`` (DDPG, latency reward) and ``agent_macs`` (DDPG, AMC's MACs proxy,
-same numeric target), the searches with the same number of episodes. Every search ends with the
-same selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures
-re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole reward split).
-Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same
-settings (annealed to zero) and evaluated again; all models of one task and target are then
-timed together, interleaved, best of several passes. Every finished cell (task, target, method,
-seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it
-stopped. Writes ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
+For every task (base model + dataset), latency target and seed, the methods prune the same trained
+model: ``uniform`` (one pruning ratio everywhere), ``global`` (one global magnitude threshold),
+``random`` (per-unit random actions through the env's action wall), ``sampled`` (EagleEye's random
+search: whole random strategies projected onto the target), ``tpe`` (Optuna TPE over the same
+projection), ``agent`` (DDPG, latency reward) and ``agent_macs`` (DDPG, AMC's MACs proxy, same
+numeric target), the searches with the same number of episodes. Every search ends with the same
+selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-scored by
+BN recalibration + ``--select-steps`` fine-tune steps on the whole reward split). Each result is
+BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings (annealed to
+zero) and evaluated again; all models of one task and target are then timed together, interleaved,
+best of several passes. Every finished cell (task, target, method, seed) is cached in
+``--output-dir``/cells, so an interrupted benchmark continues where it stopped. Writes
+``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
@@ -64,6 +64,7 @@ from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
 from models.data import DataSplits, load_dataset, stratified_subset  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
+from models.renamed import check_current_names  # noqa: E402
 from models.training import TrainConfig, get_base_model  # noqa: E402
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
 
@@ -293,23 +294,34 @@ def search_strategy(
 
 
 def cell_scores(scored: ModelRow, env: ChannelPruningEnv) -> dict[str, float]:
-    """The accuracies (reward and test split; test after the fine-tune) and cost ratios of a
+    """The accuracies (reward and test split; test after the fine-tune) and relative costs of a
     scored strategy, as a cell of the benchmark records them."""
     accs = {"reward_acc": scored.reward_acc, "test_acc": scored.test_acc}
     if scored.test_acc_finetuned is not None:
         accs["test_acc_ft"] = scored.test_acc_finetuned
-    accs["macs_ratio"] = scored.macs / env.base_macs
-    accs["params_ratio"] = scored.params / env.base_params
+    accs["relative_macs"] = scored.macs / env.base_macs
+    accs["relative_params"] = scored.params / env.base_params
     return accs
 
 
-def ratios_together(
+def read_cell(path: Path) -> dict[str, Any]:
+    """A finished cell (``<output-dir>/cells/*.json``) as :func:`run_task_target` wrote it.
+
+    Raises:
+        CheckpointError: The cell was written by an older rlprune (a renamed key).
+    """
+    row = json.loads(path.read_text())
+    check_current_names(row, path, "delete it (or pass another --output-dir) to run it again")
+    return row
+
+
+def relative_latencies_together(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],
     args: argparse.Namespace,
     backend: str,
 ) -> dict[str, tuple[float, float, float]]:
-    """(latency ratio vs ``original``, spread, ms) of every model, timed together
+    """(relative latency vs ``original``, spread, ms) of every model, timed together
     (:func:`agents.evaluation.time_together`) in ``backend``."""
     config = replace(latency_config(args), backend=backend)
     stats = time_together(models, input_shape, config, passes=args.latency_passes)
@@ -346,7 +358,7 @@ def run_task_target(
             key = f"{method}/s{seed}"
             cell = out / "cells" / f"{task_name}_t{target}_{method}{runtime}_s{seed}.json"
             if cell.is_file():
-                row = json.loads(cell.read_text())
+                row = read_cell(cell)
                 if pruner is None:
                     pruner = Pruner(
                         model, torch.zeros(1, *splits.input_shape), round_to=args.round_to
@@ -365,16 +377,16 @@ def run_task_target(
                 key, found["strategy"], found["env"], splits, fine, reward_acc=True
             )
             models[key], accs = scored.model, cell_scores(scored, found["env"])
-            # The env's own ratio: timed interleaved run by run with the original (cached by
-            # shape, so free for latency searches); robust where best-of-passes is not.
-            env_ratio = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
+            # The env's own relative latency: timed interleaved run by run with the original
+            # (cached by shape, so free for latency searches); robust where best-of-passes is not.
+            env_result = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
             row = {
                 "task": task_name,
                 "target": target,
                 "method": method,
                 "seed": seed,
                 **accs,
-                "env_latency_ratio": env_ratio["latency_ratio"],
+                "env_relative_latency": env_result["relative_latency"],
                 "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
                 "select_s": found.get("select_s", 0.0),
                 "selected_rank": found.get("selected_rank"),
@@ -391,16 +403,16 @@ def run_task_target(
             print(
                 f"  {task_name} t={target} {method} s{seed}: reward acc {accs['reward_acc']:.4f}, "
                 f"test {accs['test_acc']:.4f}, fine-tuned {ft:.4f}, "
-                f"MACs x{accs['macs_ratio']:.2f}, search {found['search_s']:.0f} s",
+                f"MACs x{accs['relative_macs']:.2f}, search {found['search_s']:.0f} s",
                 flush=True,
             )
     backends = list(dict.fromkeys([args.latency_backend, *csv_list(args.latency_backends)]))
-    timed = {b: ratios_together(models, splits.input_shape, args, b) for b in backends}
+    timed = {b: relative_latencies_together(models, splits.input_shape, args, b) for b in backends}
     for row in rows:
         key = row.pop("key")
-        row["latency_ratio"], row["latency_spread"], row["latency_ms"] = timed[backends[0]][key]
+        row["relative_latency"], row["latency_spread"], row["latency_ms"] = timed[backends[0]][key]
         if args.latency_backends:
-            row["latency_ratio_by_backend"] = {b: timed[b][key][0] for b in backends}
+            row["relative_latency_by_backend"] = {b: timed[b][key][0] for b in backends}
     return rows
 
 
@@ -445,8 +457,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table: one line per task, target and method, mean ± std over seeds."""
     head = (
         "| task | target | method | seeds | reward acc (BN) | test acc (BN) "
-        "| test acc (fine-tuned) | latency ratio, joint timing (IQR/median) "
-        "| latency ratio, paired (env) | MACs ratio | params ratio | search s |\n"
+        "| test acc (fine-tuned) | relative latency, joint timing (IQR/median) "
+        "| relative latency, paired (env) | relative MACs | relative params | search s |\n"
         + "|---" * 12
         + "|"
     )
@@ -461,31 +473,31 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {mean_std([r['reward_acc'] for r in group])} "
             f"| {mean_std([r['test_acc'] for r in group])} "
             f"| {mean_std([r.get('test_acc_ft') for r in group])} "
-            f"| {mean_std([r['latency_ratio'] for r in group])} ({spread:.0%}) "
-            f"| {mean_std([r.get('env_latency_ratio') for r in group])} "
-            f"| {mean_std([r['macs_ratio'] for r in group])} "
-            f"| {mean_std([r['params_ratio'] for r in group])} "
+            f"| {mean_std([r['relative_latency'] for r in group])} ({spread:.0%}) "
+            f"| {mean_std([r.get('env_relative_latency') for r in group])} "
+            f"| {mean_std([r['relative_macs'] for r in group])} "
+            f"| {mean_std([r['relative_params'] for r in group])} "
             f"| {statistics.mean(searches) if searches else 0:.0f} |"
         )
     return "\n".join(lines)
 
 
 def cross_backend_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: each method's latency ratio timed in every runtime of ``--latency-backends``,
+    """Markdown: each method's relative latency timed in every runtime of ``--latency-backends``,
     mean ± std over seeds; the search ran in ``search backend``."""
-    backends = list(rows[0]["latency_ratio_by_backend"])  # the same runtimes for every row
+    backends = list(rows[0]["relative_latency_by_backend"])  # the same runtimes for every row
     lines = [
         "| task | target | method | search backend | "
-        + " | ".join(f"ratio in {b}" for b in backends)
+        + " | ".join(f"relative latency in {b}" for b in backends)
         + " |",
         "|---" * (4 + len(backends)) + "|",
     ]
     keys = dict.fromkeys((r["task"], r["target"], r["method"]) for r in rows)
     for task, target, method in keys:
         group = [r for r in rows if (r["task"], r["target"], r["method"]) == (task, target, method)]
-        ratios = [mean_std([r["latency_ratio_by_backend"][b] for r in group]) for b in backends]
+        cells = [mean_std([r["relative_latency_by_backend"][b] for r in group]) for b in backends]
         search = group[0].get("latency_backend", "torch")
-        lines.append(f"| {task} | {target} | {method} | {search} | " + " | ".join(ratios) + " |")
+        lines.append(f"| {task} | {target} | {method} | {search} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -534,7 +546,7 @@ def search_throughput_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_accuracy_vs_latency(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Per task: BN-recalibrated and fine-tuned test accuracy against measured latency ratio."""
+    """Per task: BN-recalibrated and fine-tuned test accuracy against measured relative latency."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
     colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
@@ -545,7 +557,7 @@ def plot_accuracy_vs_latency(rows: Sequence[Mapping[str, Any]], path: Path) -> N
                 pts = [r for r in rows if r["task"] == task and r["method"] == method and key in r]
                 if pts:
                     ax.scatter(
-                        [r["latency_ratio"] for r in pts],
+                        [r["relative_latency"] for r in pts],
                         [r[key] for r in pts],
                         label=method,
                         color=colors[method],
@@ -553,7 +565,7 @@ def plot_accuracy_vs_latency(rows: Sequence[Mapping[str, Any]], path: Path) -> N
                     )
             for target in {r["target"] for r in rows if r["task"] == task}:
                 ax.axvline(target, color="grey", lw=0.8, ls="--")
-            ax.set_xlabel("measured latency ratio")
+            ax.set_xlabel("measured relative latency")
             ax.set_ylabel(f"test accuracy ({label})")
             ax.set_title(f"{task}: {label}")
             ax.grid(alpha=0.3)
@@ -680,8 +692,11 @@ def _write(
         "\n## Search throughput (per search run)\n",
         search_throughput_table(rows) if rows else "(no search run)",
     ]
-    if any("latency_ratio_by_backend" in r for r in rows):
-        text += ["\n## Latency ratio in each runtime (joint timing)\n", cross_backend_table(rows)]
+    if any("relative_latency_by_backend" in r for r in rows):
+        text += [
+            "\n## Relative latency in each runtime (joint timing)\n",
+            cross_backend_table(rows),
+        ]
     if scaling:
         text += ["\n## Search cost vs units and reward-split size (random actions)\n", scaling]
     write_text_atomic(out / "results.md", "\n".join(text) + "\n")

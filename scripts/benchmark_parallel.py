@@ -4,7 +4,7 @@ For each task and each N, a fresh env runs a DDPG search of --episodes episodes 
 the serial search itself; else agents/parallel.py's worker processes, or Ray actors with
 --ray-address). Reported per run: episodes/s of the search (env construction and worker start-up
 excluded, shown apart), the parallel efficiency (rate / (N x rate at N = 1)) and the best
-episode's reward, accuracy and latency ratio. Written to OUTPUT_DIR/results.json and results.md.
+episode's reward, accuracy and relative latency. Written to OUTPUT_DIR/results.json and results.md.
 
     python scripts/benchmark_parallel.py               # default and cifar10-resnet20, N = 1, 2
     python scripts/benchmark_parallel.py --envs 1,2,4,8,16 --episodes 64
@@ -106,7 +106,7 @@ def measure(env: Any, n_envs: int, args: argparse.Namespace, run_dir: Path) -> d
         "search_s": result.seconds,
         "startup_s": startup,
         "episodes_per_s": result.episodes / max(result.seconds, 1e-9),
-        **{k: best.get(k) for k in ("reward", "accuracy", "latency_ratio", "macs_ratio")},
+        **{k: best.get(k) for k in ("reward", "accuracy", "relative_latency", "relative_macs")},
     }
 
 
@@ -125,7 +125,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table, one line per task and number of envs."""
     head = (
         "| task | envs | episodes | search s | start-up s | episodes/s | efficiency "
-        "| best reward | accuracy | latency ratio |\n" + "|---" * 10 + "|"
+        "| best reward | accuracy | relative latency |\n" + "|---" * 10 + "|"
     )
 
     def fmt(value: Any, spec: str) -> str:
@@ -137,7 +137,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['task']} | {r['envs']} | {r['episodes']} | {r['search_s']:.1f} "
             f"| {r['startup_s']:.1f} | {r['episodes_per_s']:.3f} | {fmt(r['efficiency'], '.0%')} "
             f"| {fmt(r['reward'], '.4f')} | {fmt(r['accuracy'], '.4f')} "
-            f"| {fmt(r['latency_ratio'], '.3f')} |"
+            f"| {fmt(r['relative_latency'], '.3f')} |"
         )
     return "\n".join(lines)
 

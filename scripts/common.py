@@ -118,7 +118,10 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
     """Target, reward and pruning options of the environment, and the latency measurement."""
     g = p.add_argument_group("pruning target")
     g.add_argument(
-        "--target", type=float, default=default("target"), help="target as a fraction of original"
+        "--target",
+        type=float,
+        default=default("target"),
+        help="target relative cost: the pruned model's latency (or MACs) / the original's",
     )
     g.add_argument(
         "--cost",
@@ -130,15 +133,15 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         "--reward", choices=sorted(REWARDS), default=default("reward"), help="reward function"
     )
     g.add_argument(
-        "--min-ratio",
+        "--min-pruning-ratio",
         type=float,
-        default=default("min_ratio"),
+        default=default("min_pruning_ratio"),
         help="smallest pruning ratio of a unit",
     )
     g.add_argument(
-        "--max-ratio",
+        "--max-pruning-ratio",
         type=float,
-        default=default("max_ratio"),
+        default=default("max_pruning_ratio"),
         help="largest pruning ratio of a unit",
     )
     g.add_argument(
@@ -391,8 +394,10 @@ def check_settings(settings: dict) -> None:
         raise RlpruneError(
             f"--target must be a fraction of the original in (0, 1), got {settings['target']}"
         )
-    if "min_ratio" in settings:
-        env_config(settings)  # ratios, reward and cost are checked by the env's own settings
+    if "min_pruning_ratio" in settings:
+        env_config(
+            settings
+        )  # pruning ratios, reward and cost are checked by the env's own settings
     if settings.get("latency_backend"):
         check_backend(settings["latency_backend"])  # its packages are installed
     if settings.get("latency_table"):
@@ -402,7 +407,9 @@ def check_settings(settings: dict) -> None:
                 f"{settings['model']}; search one model at a time with a table"
             )
         table = load_table(settings["latency_table"])
-        if "min_ratio" in settings:  # its settings now; its architecture once the model is built
+        if (
+            "min_pruning_ratio" in settings
+        ):  # its settings now; its architecture once the model is built
             check_table_settings(table, settings["latency_table"], env_config(settings).latency)
 
 

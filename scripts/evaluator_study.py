@@ -40,6 +40,7 @@ from envs.reconstruction import Reconstructor
 from models.atomic import write_json_atomic
 from models.data import load_dataset, stratified_subset
 from models.errors import RlpruneError
+from models.renamed import check_current_names
 from models.training import TrainConfig, evaluate, fine_tune, get_base_model
 
 SIGNALS = ("bn", "bn_full", "reconstruct", "short_ft")
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--weights", default=None, help="state_dict of the base model (else trained)")
     p.add_argument("--base-epochs", type=int, default=TrainConfig().epochs)
-    p.add_argument("--target", type=float, default=0.5, help="MACs ratio of every strategy")
+    p.add_argument("--target", type=float, default=0.5, help="relative MACs of every strategy")
     p.add_argument("--strategies", type=int, default=30, help="random strategies (+ uniform)")
     p.add_argument("--reward-images", type=int, default=1000, help="reward split of 'bn'")
     p.add_argument("--bn-batches", type=int, default=PruningEnvConfig().bn_batches)
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     ft_set = stratified_subset(splits.train, args.ft_images, args.seed)
     short_set = stratified_subset(splits.train, args.short_steps * 64, args.seed + 1)
 
-    cache = json.loads(out.read_text()) if out.is_file() else {}
+    cache = read_cache(out)
     scored = cache.get("rows", {})
     if _scored_like(cache.get("settings", vars(args))) != _scored_like(vars(args)):
         scored = {}  # other settings: start afresh
@@ -127,6 +128,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_cache(path: Path) -> dict:
+    """The study's earlier rows and settings (``--output``; empty when there is none).
+
+    Raises:
+        CheckpointError: The file was written by an older rlprune (a renamed key).
+    """
+    if not path.is_file():
+        return {}
+    cache = json.loads(path.read_text())
+    check_current_names(cache, path, "delete it to score the strategies again")
+    return cache
+
+
 def score(
     args: argparse.Namespace,
     env: ChannelPruningEnv,
@@ -138,7 +152,7 @@ def score(
     reconstructor: Reconstructor,
 ) -> dict:
     """Every signal of one strategy, the truth (per fine-tune seed and mean) and their seconds."""
-    row: dict = {"macs_ratio_estimate": estimated_cost(env, strategy), "seconds": {}}
+    row: dict = {"relative_macs_estimate": estimated_cost(env, strategy), "seconds": {}}
 
     def bn_model() -> torch.nn.Module:
         pruned = env.pruner.apply(strategy)

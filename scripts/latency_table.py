@@ -6,10 +6,10 @@ use there; copy the file to the machine that runs the search and pass it with
 of timing it). Latency does not depend on the weights, so the network is built untrained from
 ``--model`` and the dataset's input shape and class count: nothing is trained here.
 
-Besides each layer's time, a few uniformly pruned copies (``--calibration-ratios``) are timed
-against the original, so that the table's linear per-layer estimate is mapped onto measured
-ratios (see envs/latency_table.py); prune them with the ``--round-to`` the search will use (ONNX
-Runtime's blocked convolutions want channel multiples of 8: docs/latency_backends.md).
+Besides each layer's time, a few uniformly pruned copies (``--calibration-pruning-ratios``) are
+timed against the original, so that the table's linear per-layer estimate is mapped onto measured
+relative latencies (see envs/latency_table.py); prune them with the ``--round-to`` the search will
+use (ONNX Runtime's blocked convolutions want channel multiples of 8: docs/latency_backends.md).
 
     python scripts/latency_table.py --model vgg_small --output vgg_small_ort.json \\
         --latency-backend onnxruntime --threads 4 --latency-batch-size 1
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="channel multiple of the calibration copies: the --round-to the search will use",
     )
     g.add_argument(
-        "--calibration-ratios",
+        "--calibration-pruning-ratios",
         default="0.2,0.4,0.6,0.8",
         help="uniform pruning ratios timed against the original ('' for none)",
     )
@@ -69,9 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.check_settings(vars(args))  # positive numbers, the backend's packages installed
-    ratios = [float(r) for r in args.calibration_ratios.split(",") if r.strip()]
-    if any(not 0 < r < 1 for r in ratios):
-        raise RlpruneError(f"--calibration-ratios must be in (0, 1), got {args.calibration_ratios}")
+    pruning_ratios = [float(r) for r in args.calibration_pruning_ratios.split(",") if r.strip()]
+    if any(not 0 < r < 1 for r in pruning_ratios):
+        raise RlpruneError(
+            f"--calibration-pruning-ratios must be in (0, 1), got {args.calibration_pruning_ratios}"
+        )
     common.check_writable_file(args.output, "--output")
     device = resolve_device(args.device)
     settings = {**vars(args), "max_samples": None, "data_seed": default("data_seed")}
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     names = [c.name for c in pruner.layer_costs]
     table = measure_table(model, splits.input_shape, names, config, args.model)
-    uniform = [pruner.apply({u.name: r for u in pruner.units}) for r in ratios]
+    uniform = [pruner.apply({u.name: r for u in pruner.units}) for r in pruning_ratios]
     table = calibrate_table(table, model, uniform, config)
     path = save_table(table, args.output)
     print(
@@ -97,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {table.describe()}")
     for estimate, measured in table.calibration:
-        print(f"  uniformly pruned: linear estimate {estimate:.3f}, measured ratio {measured:.3f}")
+        print(
+            f"  uniformly pruned: linear estimate {estimate:.3f}, "
+            f"measured relative latency {measured:.3f}"
+        )
     print(f"wrote {path}; search with: python scripts/train_agent.py --latency-table {path} ...")
     return 0
 

@@ -96,8 +96,8 @@ RESUME_FLAGS = {"--resume", "--episodes", "--no-progress", "--ray-address"}
 
 
 def resume_settings(run_dir: Path, args: argparse.Namespace, given: set[str]) -> dict:
-    """The flat settings of the run being resumed (its config.json, also one written by an
-    earlier rlprune: see :func:`load_run_config`); ``--episodes`` sets its new total.
+    """The flat settings of the run being resumed (its config.json, read back into a
+    :class:`RunConfig` by :func:`load_run_config`); ``--episodes`` sets its new total.
 
     Raises:
         CheckpointError: ``run_dir`` is not a train_agent.py run directory.
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{args.model}_{args.dataset}_{args.cost}{args.target}_s{args.seed}"
                 name = args.name or name.replace(",", "+")
                 settings.update(works[0].weights)
-                run_dir = common.claim_run_dir(args.output_dir, name, settings)
+                config = RunConfig.from_settings(settings).to_dict()
+                run_dir = common.claim_run_dir(args.output_dir, name, config)
             agent = make_agent(search_env, agent_cfg, num_units=max_units)
             remaining = settings["episodes"]
 
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_config(run_dir: Path, settings: dict) -> None:
-    """``run_dir/config.json``: the run's settings as :meth:`RunConfig.to_settings` writes them."""
-    config = RunConfig.from_settings(settings).to_settings()
+    """``run_dir/config.json``: the run's settings as :meth:`RunConfig.to_dict` writes them."""
+    config = RunConfig.from_settings(settings).to_dict()
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -304,7 +305,7 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
         f"{len(chosen['candidates'])} re-scored (reward-split accuracy after "
         f"{config.fine_tune_steps} fine-tune steps: {chosen['selection_score']:.4f})"
     )
-    keys = ("strategy", "accuracy", "latency_ratio", "macs_ratio", "reward", "kept_channels")
+    keys = ("strategy", "accuracy", "relative_latency", "relative_macs", "reward", "kept_channels")
     final = {**best, **{k: chosen[k] for k in keys}}
     if chosen["search_rank"] != 0:
         final["episode"] = "-"  # another architecture than the best episode's

@@ -144,8 +144,8 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
                 "reward_acc": row.reward_acc,
                 "test_acc": row.test_acc,
                 "test_acc_ft": row.test_acc_finetuned,
-                "latency_ratio": row.latency_ms / base.latency_ms,
-                "macs_ratio": row.macs / base.macs,
+                "relative_latency": row.latency_ms / base.latency_ms,
+                "relative_macs": row.macs / base.macs,
                 "policy_s": seconds.get(row.name),
                 "base_test_acc": base.test_acc,
             }
@@ -179,7 +179,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: one line per (network, method), mean ± sd over seeds."""
     lines = [
         "| network | units | method | seeds | reward acc (BN-recal.) | test acc (BN-recal.) | "
-        "test acc (fine-tuned) | latency ratio | MACs ratio | policy s |",
+        "test acc (fine-tuned) | relative latency | relative MACs | policy s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for network in dict.fromkeys(r["network"] for r in rows):
@@ -189,7 +189,13 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             cols = [
                 _mean_sd([r[k] for r in group])
-                for k in ("reward_acc", "test_acc", "test_acc_ft", "latency_ratio", "macs_ratio")
+                for k in (
+                    "reward_acc",
+                    "test_acc",
+                    "test_acc_ft",
+                    "relative_latency",
+                    "relative_macs",
+                )
             ]
             secs = [r["policy_s"] for r in group if r["policy_s"] is not None]
             policy = f"{statistics.mean(secs):.1f}" if secs else "-"
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Agent {args.agent}, {splits.name}, target {args.target} of {args.cost}, N = "
         f"{args.episodes} episodes, R = {args.random_episodes} episodes (sampled R), seeds "
         f"{args.seeds}, {args.fine_tune_epochs} fine-tune "
-        "epochs; latency and MACs are ratios to the original, timed interleaved.",
+        "epochs; latency and MACs are relative to the original, timed interleaved.",
         "",
     ]
     rows: list[dict] = []

@@ -23,9 +23,9 @@ class MacsLatency:
     def profile(self, layer_names):
         return {name: 1.0 for name in layer_names}, 0.5
 
-    def ratio(self, model):
-        ratio = count_cost(model, self.example)[0] / self.base_macs
-        return ratio, 10.0 * ratio
+    def relative_latency(self, model):
+        relative = count_cost(model, self.example)[0] / self.base_macs
+        return relative, 10.0 * relative
 
 
 def busy_wait(ms: float) -> None:
@@ -92,7 +92,7 @@ class CurveLatency:
         shares = [kept[n] / full for n, full in self.weights.items()]
         return self.overhead_ms + self.layer_ms * sum(self.curve(f) for f in shares)
 
-    def ratio(self, model):
+    def relative_latency(self, model):
         ms = self.latency_ms(model)
         return ms / self.base_ms, ms
 

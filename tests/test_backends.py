@@ -89,7 +89,7 @@ def test_meter_times_compiled_forms_interleaved(one_thread):
 
     def ratio() -> float:
         meter = LatencyMeter(WaitOp(1.0), SHAPE, cfg)
-        value = meter.ratio(WaitOp(0.5))[0]
+        value = meter.relative_latency(WaitOp(0.5))[0]
         assert meter.backend.exports == 2  # reference and candidate, each traced once
         return value
 
@@ -261,7 +261,7 @@ def test_an_env_on_a_table_takes_its_latency_from_the_table(
     keep = env.pruner.keep_fractions(strategy)
     linear = (0.3 + estimate_cost(env.layer_costs, keep, per_layer=ms)) / env.base_latency_ms
     assert 0.2 < linear < 1  # between the measured point (0.2 -> 0.3) and (1, 1):
-    assert result["latency_ratio"] == pytest.approx(0.3 + 0.7 * (linear - 0.2) / 0.8, rel=1e-9)
+    assert result["relative_latency"] == pytest.approx(0.3 + 0.7 * (linear - 0.2) / 0.8, rel=1e-9)
     assert "the table" in env.latency.describe() and str(path) in env.latency.describe()
 
 
@@ -344,13 +344,14 @@ def test_train_agent_in_onnxruntime_then_on_its_table(tmp_path):
     table = load_table(tables[0])
     assert table.backend == "onnxruntime" and table.batch_size == 8
     best = json.loads((out / "ort" / "best_strategy.json").read_text())
-    assert best["latency_ratio"] > 0
+    assert best["relative_latency"] > 0
 
     # A table measured "on the device" by the script, searched with here: nothing is timed.
     phone = tmp_path / "phone.json"
     proc = _run("latency_table.py", "--dataset", "digits", "--latency-backend", "onnxruntime",
                 "--latency-batch-size", "8", "--latency-repeats", "5", "--round-to", "8",
-                "--calibration-ratios", "0.5", "--output", str(phone), cache=cache)  # fmt: skip
+                "--calibration-pruning-ratios", "0.5",
+                "--output", str(phone), cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     made = load_table(phone)
     assert len(made.calibration) == 1 and made.calibration[0][0] < 1
@@ -383,15 +384,15 @@ def test_benchmark_times_each_result_in_every_backend(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "results.md").read_text()
-    head = "| task | target | method | search backend | ratio in onnxruntime | ratio in torch "
-    assert head + "| ratio in torchscript |" in text
+    head = "| task | target | method | search backend | relative latency in onnxruntime "
+    assert head + "| relative latency in torch | relative latency in torchscript |" in text
     assert "| tiny | 0.8 | uniform | onnxruntime |" in text
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["uniform"]
     for row in rows:
-        by_backend = row["latency_ratio_by_backend"]
+        by_backend = row["relative_latency_by_backend"]
         assert set(by_backend) == {"torch", "torchscript", "onnxruntime"}
         assert all(0 < v < 1.5 for v in by_backend.values())
-        assert row["latency_ratio"] == by_backend["onnxruntime"]  # the search's runtime first
+        assert row["relative_latency"] == by_backend["onnxruntime"]  # the search's runtime first
         assert row["latency_backend"] == "onnxruntime"
     assert (out / "cells" / "tiny_t0.8_uniform_onnxruntime_s0.json").is_file()

@@ -7,7 +7,7 @@ from fakes import CurveLatency, MacsLatency
 from envs.baselines import (
     global_for_target,
     random_search,
-    threshold_ratios,
+    threshold_pruning_ratios,
     uniform_for_target,
     unit_importances,
 )
@@ -32,12 +32,12 @@ def test_uniform_and_global_meet_the_target_closely(model, digits_splits, cost, 
     # Latency: a fixed cost per layer plus a part that scales with its MACs, not MACs themselves.
     latency = CurveLatency(model, lambda f: 0.15 + 0.85 * f) if cost == "latency" else None
     env = _env(model, digits_splits, cost, target, latency)
-    key = "latency_ratio" if cost == "latency" else "macs_ratio"
+    key = "relative_latency" if cost == "latency" else "relative_macs"
     for result in (uniform_for_target(env), global_for_target(env)):
         assert result[key] <= target
         assert result[key] > target - 0.08  # bisection found the least pruning, not any
-        if cost == "latency":  # the bisection ran on latency, which is not the MACs ratio
-            assert result["macs_ratio"] < result["latency_ratio"] - 0.05
+        if cost == "latency":  # the bisection ran on latency, which is not the relative MACs
+            assert result["relative_macs"] < result["relative_latency"] - 0.05
         assert 0.0 <= result["accuracy"] <= 1.0
         assert set(result["strategy"]) == {u.name for u in env.units}
 
@@ -47,10 +47,10 @@ def test_global_gives_non_uniform_ratios_from_one_threshold(model, digits_splits
     result = global_for_target(env)
     ratios = list(result["strategy"].values())
     assert max(ratios) - min(ratios) > 0.05
-    assert all(env.config.min_ratio <= r <= env.config.max_ratio for r in ratios)
-    # Each unit loses exactly its channels under the threshold (before the max_ratio clip).
+    assert all(env.config.min_pruning_ratio <= r <= env.config.max_pruning_ratio for r in ratios)
+    # Each unit loses exactly its channels under the threshold (before the max_pruning_ratio clip).
     scores = unit_importances(env)
-    again = threshold_ratios(scores, [u.name for u in env.units], result["threshold"])
+    again = threshold_pruning_ratios(scores, [u.name for u in env.units], result["threshold"])
     for unit in env.units:
         assert result["strategy"][unit.name] == pytest.approx(min(again[unit.name], 0.8))
 
@@ -66,9 +66,11 @@ def test_unit_importances_rank_channels_like_the_pruner(model, digits_splits):
         assert lowest == set(removed[unit.name])
 
 
-def test_threshold_ratios_clip_to_the_ratio_range():
+def test_threshold_pruning_ratios_clip_to_the_ratio_range():
     scores = [torch.tensor([0.1, 0.2, 3.0, 4.0]), torch.tensor([0.1, 0.1, 0.1, 0.1, 0.1])]
-    ratios = threshold_ratios(scores, ["a", "b"], 0.5, min_ratio=0.0, max_ratio=0.8)
+    ratios = threshold_pruning_ratios(
+        scores, ["a", "b"], 0.5, min_pruning_ratio=0.0, max_pruning_ratio=0.8
+    )
     assert ratios == {"a": 0.5, "b": 0.8}
 
 
@@ -82,6 +84,6 @@ def test_random_search_returns_the_best_of_n_and_is_seed_deterministic(model, di
     rewards = [row["reward"] for row in first["history"]]
     assert len(rewards) == first["episodes"] == 6
     assert first["reward"] == max(rewards) == rewards[first["episode"]]
-    assert all(row["latency_ratio"] <= 0.5 * 1.03 for row in first["history"])  # the wall
+    assert all(row["relative_latency"] <= 0.5 * 1.03 for row in first["history"])  # the wall
     with pytest.raises(PruningError, match="at least 1 episode"):
         random_search(env, episodes=0)

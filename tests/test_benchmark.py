@@ -52,8 +52,8 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     assert {r["method"] for r in rows} == set(benchmark.METHODS)
     for r in rows:
         assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["test_acc_ft"] <= 1.0
-        assert r["latency_ratio"] > 0 and 0 < r["macs_ratio"] <= 1.0
-        assert r["env_latency_ratio"] > 0
+        assert r["relative_latency"] > 0 and 0 < r["relative_macs"] <= 1.0
+        assert r["env_relative_latency"] > 0
     agent = next(r for r in rows if r["method"] == "agent")
     assert len(agent["history"]) == 3 and agent["history"][0]["seconds"] > 0
     assert (out / "runs" / "tiny_t0.8_agent_s0" / "episodes.csv").is_file()
@@ -109,10 +109,10 @@ def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
         convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
         assert all(c.out_channels % 8 == 0 for c in convs), [c.out_channels for c in convs]
         # the benchmark scored the aligned model ...
-        assert row["macs_ratio"] == pytest.approx(count_cost(pruned, x)[0] / base)
+        assert row["relative_macs"] == pytest.approx(count_cost(pruned, x)[0] / base)
         if row["method"] == "uniform":  # ... not uniform's ratio pruned to any width
             unaligned = count_cost(plain.apply(row["strategy"]), x)[0] / base
-            assert row["macs_ratio"] != pytest.approx(unaligned)
+            assert row["relative_macs"] != pytest.approx(unaligned)
 
 
 @pytest.mark.parametrize(

@@ -73,25 +73,41 @@ def test_settings_round_trip_through_config_json(tmp_path):
     config = RunConfig.from_settings(flat)
     assert config.env.latency.batch_size == 8 and config.data.data_seed == 2
     assert config.env.features == ("relative_depth", "target") and config.search.seed == 5
-    (tmp_path / "config.json").write_text(json.dumps(config.to_settings()))
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     assert load_run_config(tmp_path / "config.json") == config
 
 
-def test_an_old_flat_config_json_resumes_with_its_settings(tmp_path):
-    old = {  # written before data_seed and the final selection existed
+def test_config_json_is_the_nested_asdict_of_the_run_config(tmp_path):
+    config = RunConfig.from_settings({"target": 0.3, "latency_batch_size": 8, "seed": 5})
+    data = json.loads(json.dumps(config.to_dict()))
+    assert list(data) == ["data", "env", "search", "device", "output"]
+    assert data["env"]["target"] == 0.3 and data["env"]["latency"]["batch_size"] == 8
+    assert data["env"]["min_pruning_ratio"] == 0.0 and data["search"]["seed"] == 5
+    # A setting added after a run started gets its default when the run is resumed.
+    del data["search"]["select_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert load_run_config(tmp_path / "config.json") == config
+
+
+def test_an_old_flat_config_json_is_one_clear_error(tmp_path):
+    old = {  # written by rlprune before config.json was nested and "ratio" was renamed
         "model": "vgg_small", "dataset": "digits", "target": 0.4, "cost": "macs",
-        "reward": "acc", "min_ratio": 0.0, "max_ratio": 0.8, "importance": "l1",
-        "round_to": None, "bn_batches": 2, "features": None, "seed": 3, "device": "cpu",
-        "latency_batch_size": 16, "latency_repeats": 5, "threads": 1, "episodes": 6,
-        "warmup": 2, "fine_tune_epochs": 1, "output_dir": "runs", "name": None,
-        "no_progress": True, "resume": None,
+        "reward": "acc", "min_ratio": 0.0, "max_ratio": 0.8, "seed": 3, "episodes": 6,
     }  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    settings = load_run_config(tmp_path / "config.json").to_settings()
-    assert {k: settings[k] for k in old if k != "resume"} == {
-        k: v for k, v in old.items() if k != "resume"
-    }
-    assert settings["data_seed"] == 0 and settings["select_top_k"] == 1
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(CheckpointError) as err:
+        load_run_config(path)
+    message = str(err.value)
+    assert str(path) in message and "older rlprune" in message and "start a new run" in message
+    assert "'min_ratio'" in message and "env.min_pruning_ratio" in message
+    # A nested file with a renamed key, or with a key that is no setting, is refused too.
+    path.write_text(json.dumps({"env": {"max_ratio": 0.8}}))
+    with pytest.raises(CheckpointError, match="'max_ratio' is now 'max_pruning_ratio'"):
+        load_run_config(path)
+    path.write_text(json.dumps({"env": {"latency": {"batch": 8}}}))
+    with pytest.raises(CheckpointError, match="'env.latency.batch' is no setting"):
+        load_run_config(path)
 
 
 def test_a_broken_config_json_is_one_clear_error(tmp_path):
@@ -102,7 +118,7 @@ def test_a_broken_config_json_is_one_clear_error(tmp_path):
     path.write_text("{")
     with pytest.raises(CheckpointError, match="not JSON"):
         load_run_config(path)
-    path.write_text(json.dumps({"reward": "accc"}))
+    path.write_text(json.dumps({"env": {"reward": "accc"}}))
     with pytest.raises(RlpruneError, match="accc"):
         load_run_config(path)
 

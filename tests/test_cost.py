@@ -25,7 +25,7 @@ def test_macs_estimate_and_shares_by_hand():
     assert macs.estimate([1.0, 0.25]) == pytest.approx((100 + 75) / 400)
     # unit 0 gone removes A and B's input (everything); unit 1 gone removes B only
     assert macs.shares(2) == pytest.approx([1.0, 0.75])
-    assert macs.measured({"macs_ratio": 0.3, "latency_ratio": 0.9}) == 0.3
+    assert macs.measured({"relative_macs": 0.3, "relative_latency": 0.9}) == 0.3
     assert macs.base == 400
 
 
@@ -41,7 +41,7 @@ def test_latency_estimate_uses_the_profile_plus_overhead():
 def test_calibration_slope_is_a_low_quantile_of_measured_slopes():
     cost = latency()
     keep = [0.5, 1.0]  # predicted saving 0.4
-    cost.observe(keep, {"latency_ratio": 0.8})  # measured saving 0.2: slope 0.5
+    cost.observe(keep, {"relative_latency": 0.8})  # measured saving 0.2: slope 0.5
     assert cost.slope == pytest.approx(0.5)
     assert cost.estimate(keep) == pytest.approx(0.8)
     for measured in (0.6, 0.4, 0.2):  # slopes 1.0, 1.5, 2.0
@@ -60,7 +60,7 @@ def test_calibration_ignores_tiny_savings_and_can_be_off():
     off.add_point([0.5, 1.0], 0.8)
     assert off.slope == 1.0 and off.estimate([0.5, 1.0]) == pytest.approx(0.6)
     macs = MacsCost(LAYERS, 2, base_macs=400)
-    macs.observe([0.5, 1.0], {"macs_ratio": 0.1})  # exact: nothing to learn
+    macs.observe([0.5, 1.0], {"relative_macs": 0.1})  # exact: nothing to learn
     assert macs.estimate([0.5, 1.0]) == pytest.approx(0.5)
 
 
@@ -76,10 +76,10 @@ def test_refit_at_target_replaces_the_points_with_one_uniform_measurement():
     def uniform_keep(ratio):
         return [1.0 - ratio, 1.0 - ratio]
 
-    cost.refit_at_target(uniform_keep, measure, target=0.5, max_ratio=0.8)
+    cost.refit_at_target(uniform_keep, measure, target=0.5, max_pruning_ratio=0.8)
     (ratio,) = measured_at
     # Uniform keep k has raw estimate (1 + 1*k + 3*k*k) / 5; at slope 0.25 the estimate meets
-    # 0.5 only where the raw saving is 2 (impossible): bisection ends at max_ratio.
+    # 0.5 only where the raw saving is 2 (impossible): bisection ends at max_pruning_ratio.
     assert ratio == pytest.approx(0.8, abs=1e-3)
     saving = 1.0 - cost.raw_estimate(uniform_keep(ratio))
     assert cost.slope == pytest.approx(0.4 / saving)

@@ -28,7 +28,7 @@ from models.zoo import build_model, torchvision_models
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_SHAPE = (3, 32, 32)  # CIFAR-sized; the zoo upsamples for the families that need more
 MACS_TARGET = 0.5  # pruned conv/linear MACs / original, the default search target
-MAX_RATIO = 0.9  # largest ratio the random strategies give a unit
+MAX_PRUNING_RATIO = 0.9  # largest pruning ratio the random strategies give a unit
 
 # Models that cannot be pruned, with the start of the one-line error they get and why.
 EXCLUDED: dict[str, tuple[type[RlpruneError], str, str]] = {
@@ -85,23 +85,26 @@ def random_strategy(pruner: Pruner, target: float, seed: int) -> dict[str, float
     """Random per-unit ratios, scaled (bisection) to the least pruning whose MACs meet ``target``.
 
     Raises:
-        AssertionError: Even ``MAX_RATIO`` on every unit leaves more than ``target`` of the MACs.
+        AssertionError: Even ``MAX_PRUNING_RATIO`` on every unit leaves more than ``target`` of
+            the MACs.
     """
     weights = torch.rand(len(pruner.units), generator=torch.Generator().manual_seed(seed)) + 0.1
 
     def strategy(scale: float) -> dict[str, float]:
-        ratios = (weights * scale).clamp(max=1.0) * MAX_RATIO
+        ratios = (weights * scale).clamp(max=1.0) * MAX_PRUNING_RATIO
         return {u.name: float(r) for u, r in zip(pruner.units, ratios, strict=True)}
 
-    def macs_ratio(scale: float) -> float:
+    def relative_macs(scale: float) -> float:
         keep = pruner.keep_fractions(strategy(scale))
         return estimate_cost(pruner.layer_costs, keep) / pruner.base_macs
 
-    low, high = 0.0, float(1 / weights.min())  # at high every unit is at MAX_RATIO
-    assert macs_ratio(high) <= target, f"maximal pruning keeps {macs_ratio(high):.2f} of the MACs"
+    low, high = 0.0, float(1 / weights.min())  # at high every unit is at MAX_PRUNING_RATIO
+    assert relative_macs(high) <= target, (
+        f"maximal pruning keeps {relative_macs(high):.2f} of the MACs"
+    )
     for _ in range(30):
         mid = (low + high) / 2
-        low, high = (low, mid) if macs_ratio(mid) <= target else (mid, high)
+        low, high = (low, mid) if relative_macs(mid) <= target else (mid, high)
     return strategy(high)
 
 
@@ -157,7 +160,7 @@ def test_regnet_reaches_half_the_macs_through_its_grouped_convs():
     grouped = [n for n, m in convs if 1 < m.groups < m.out_channels]
     assert len(grouped) == 22  # one 3x3 grouped conv per block
     assert all(any(g in u.layer_names for u in pruner.units) for g in grouped)
-    pruned = pruner.apply({u.name: MAX_RATIO for u in pruner.units})
+    pruned = pruner.apply({u.name: MAX_PRUNING_RATIO for u in pruner.units})
     assert count_cost(pruned, x)[0] / pruner.base_macs < 0.1  # was 0.66-0.71 with them unpruned
     for name in grouped:
         before, after = model.get_submodule(name), pruned.get_submodule(name)

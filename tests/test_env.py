@@ -63,7 +63,7 @@ def test_episode_has_one_step_per_unit_and_reports_the_result(trained, mnist5k_s
     assert len(infos) == env.num_units == 6
     assert all(env.observation_space.contains(o) for o in obs)
     final = infos[-1]
-    for key in ("accuracy", "latency_ms", "latency_ratio", "macs_ratio", "params_ratio"):
+    for key in ("accuracy", "latency_ms", "relative_latency", "relative_macs", "relative_params"):
         assert np.isfinite(final[key])
     assert set(final["strategy"]) == {u.name for u in env.units}
     assert isinstance(reward, float) and reward == final["reward"]
@@ -77,7 +77,7 @@ def test_budget_holds_whatever_the_agent_does(trained, mnist5k_splits, target):
     rng = np.random.default_rng(0)
     for _ in range(5):
         _, _, infos = _episode(env, rng.uniform(-1, 1, env.num_units))
-        assert infos[-1]["macs_ratio"] <= target * 1.05
+        assert infos[-1]["relative_macs"] <= target * 1.05
 
 
 def test_same_seed_same_episode_with_a_fixed_latency_source(trained, mnist5k_splits):
@@ -97,10 +97,10 @@ CURVES = {
 
 
 def _curve_env(trained, splits, curve, **config):
-    reward_set = TensorDataset(*(t[:100] for t in splits.reward_val.tensors))
+    reward_val = TensorDataset(*(t[:100] for t in splits.reward_val.tensors))
     cfg = PruningEnvConfig(**{"bn_batches": 1, **config})
     latency = CurveLatency(trained, CURVES[curve])
-    return ChannelPruningEnv(trained, splits.train, reward_set, cfg, latency=latency)
+    return ChannelPruningEnv(trained, splits.train, reward_val, cfg, latency=latency)
 
 
 def _random_episodes(env, episodes, seed=0):
@@ -128,21 +128,21 @@ def test_wall_keeps_affine_latency_within_target(trained, mnist5k_splits, target
     # A fixed cost per op plus a part proportional to MACs: the calibrated slope fits it exactly.
     env = _curve_env(trained, mnist5k_splits, "affine", target=target)
     limit = target * (1 + TARGET_TOLERANCE)
-    assert all(info["latency_ratio"] <= limit for info in _random_episodes(env, 8))
+    assert all(info["relative_latency"] <= limit for info in _random_episodes(env, 8))
     _, _, infos = _episode(env, [-1.0] * env.num_units)  # the agent asks for no pruning at all
-    assert infos[-1]["latency_ratio"] <= limit
+    assert infos[-1]["relative_latency"] <= limit
     # The fake is hard enough: the table alone (no calibration) lets the latency overshoot.
     raw = _curve_env(trained, mnist5k_splits, "affine", target=target, calibrate=False)
-    assert max(info["latency_ratio"] for info in _random_episodes(raw, 8)) > limit
+    assert max(info["relative_latency"] for info in _random_episodes(raw, 8)) > limit
 
 
 @pytest.mark.parametrize("curve", ["convex", "concave"])
 def test_wall_bounds_the_overshoot_on_curved_latency(trained, mnist5k_splits, curve):
     # One slope cannot fit a curve for every strategy: a few episodes overshoot, by little.
     env = _curve_env(trained, mnist5k_splits, curve, target=0.5)
-    ratios = np.array([info["latency_ratio"] for info in _random_episodes(env, 20)]) / 0.5
-    assert np.mean(ratios <= 1 + TARGET_TOLERANCE) >= 0.8
-    assert ratios.max() <= 1.1
+    to_target = np.array([info["relative_latency"] for info in _random_episodes(env, 20)]) / 0.5
+    assert np.mean(to_target <= 1 + TARGET_TOLERANCE) >= 0.8
+    assert to_target.max() <= 1.1
 
 
 def _known_duration_net():
@@ -184,7 +184,7 @@ def test_wall_keeps_real_latency_within_target_on_known_durations():
     for info in [*_random_episodes(env, 6), _episode(env, [-1.0] * env.num_units)[2][-1]]:
         expected = _expected_ms(env.pruner.apply(info["strategy"])) / full_ms
         assert expected <= 0.5 + 0.2  # the wall let no strategy far over the target through
-        errors.append(abs(info["latency_ratio"] - expected))
+        errors.append(abs(info["relative_latency"] - expected))
     assert np.median(errors) < 0.15  # and the env measured about what the durations say
 
 
@@ -194,7 +194,7 @@ def test_accuracy_drops_as_pruning_grows_and_original_is_untouched(trained, mnis
     light = env.evaluate_strategy({u.name: 0.1 for u in env.units})
     heavy = env.evaluate_strategy({u.name: 0.8 for u in env.units})
     assert light["accuracy"] > heavy["accuracy"]
-    assert light["macs_ratio"] > heavy["macs_ratio"]
+    assert light["relative_macs"] > heavy["relative_macs"]
     assert all(torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=True))
     again = env.evaluate_strategy({u.name: 0.1 for u in env.units})
     assert again["cached"] and again["accuracy"] == light["accuracy"]
@@ -214,7 +214,7 @@ def test_gymnasium_make_builds_the_registered_env(trained, mnist5k_splits):
         envs.ENV_ID,
         model=trained,
         train_set=mnist5k_splits.train,
-        reward_set=mnist5k_splits.reward_val,
+        reward_val=mnist5k_splits.reward_val,
         config=PruningEnvConfig(cost="macs"),
         latency=MacsLatency(trained, mnist5k_splits.input_shape),
     )

@@ -35,7 +35,7 @@ def test_evaluator_study_scores_every_strategy_and_resumes(tmp_path: Path) -> No
     for row in rows.values():
         assert len(row["truth_seeds"]) == 2
         assert row["truth"] == sum(row["truth_seeds"]) / 2
-        assert abs(row["macs_ratio_estimate"] - 0.5) < 0.06  # every strategy at the target
+        assert abs(row["relative_macs_estimate"] - 0.5) < 0.06  # every strategy at the target
     for signal in ("bn", "bn_full", "reconstruct", "short_ft"):
         assert f"| {signal} |" in first.stdout
     # A shorter second run finds its strategies in the cache: it scores nothing again, reports

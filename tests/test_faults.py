@@ -254,7 +254,7 @@ EARLY = [  # rejected before any data or model is loaded
     ("--warmup", "4", "--warmup must be in [0, --episodes)"),
     ("--fine-tune-epochs", "-1", "--fine-tune-epochs must be >= 0"),
     ("--target", "1.5", "--target must be a fraction"),
-    ("--min-ratio", "0.9", "min_ratio < max_ratio"),
+    ("--min-pruning-ratio", "0.9", "min_pruning_ratio < max_pruning_ratio"),
     ("--bn-batches", "0", "--bn-batches must be >= 1"),
 ]
 
@@ -361,6 +361,16 @@ def test_resume_refuses_changed_settings(out, tmp_path, capsys):
     assert_one_line_error(code, stderr, "only --episodes (the new total) and --no-progress")
 
 
+def test_resume_of_a_run_written_by_an_older_rlprune_is_one_clear_error(out, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = {"model": "vgg_small", "dataset": "digits", "target": 0.5, "max_ratio": 0.8}
+    (run_dir / "config.json").write_text(json.dumps(old))  # flat, keyed by the old flags
+    code, stderr = run_in_process("train_agent.py", ["--resume", str(run_dir)], capsys)
+    assert_one_line_error(code, stderr, f"{run_dir / 'config.json'} was written by an older")
+    assert "'max_ratio'" in stderr and "start a new run" in stderr
+
+
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RLPRUNE_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
@@ -425,5 +435,5 @@ def test_train_agent_killed_then_resumed_logs_each_episode_once(tmp_path):
     assert "at episode 0, 6 to go" in done.stdout
     with log.open(newline="") as f:
         assert [int(r["episode"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
-    assert json.loads((log.parent / "config.json").read_text())["episodes"] == 6
+    assert json.loads((log.parent / "config.json").read_text())["search"]["episodes"] == 6
     assert read_search_state(log.parent)["episode"] == 6

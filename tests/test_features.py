@@ -41,8 +41,8 @@ def _context(latency, macs) -> NetworkContext:
     latency, macs = np.asarray(latency), np.asarray(macs)
     return NetworkContext(
         num_units=len(latency),
-        latency_share=latency,
-        macs_share=macs,
+        unit_latency_shares=latency,
+        unit_macs_shares=macs,
         input_size=32,
         max_out_channels=128,
     )
@@ -50,7 +50,11 @@ def _context(latency, macs) -> NetworkContext:
 
 def _features(unit, context, **overrides) -> dict[str, float]:
     kwargs = dict(
-        cost_removed=0.2, cost_rest=0.5, previous_ratio=0.3, target=0.5, required_ratio=0.1
+        cost_removed=0.2,
+        cost_rest=0.5,
+        previous_pruning_ratio=0.3,
+        target=0.5,
+        required_pruning_ratio=0.1,
     )
     kwargs.update(overrides)
     values = unit_features(unit, context, names=ALL_FEATURES, **kwargs)
@@ -91,7 +95,11 @@ def test_edge_values_are_clipped_and_neighbours_absent_at_the_ends() -> None:
 def test_features_are_selected_by_name_in_order() -> None:
     context = _context([0.25] * 4, [0.25] * 4)
     kwargs = dict(
-        cost_removed=0.2, cost_rest=0.5, previous_ratio=0.3, target=0.5, required_ratio=0.1
+        cost_removed=0.2,
+        cost_rest=0.5,
+        previous_pruning_ratio=0.3,
+        target=0.5,
+        required_pruning_ratio=0.1,
     )
     names = ("target", "relative_depth")
     values = unit_features(_unit(2), context, names=names, **kwargs)

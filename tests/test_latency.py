@@ -17,7 +17,7 @@ from envs.latency import (
     LatencyStats,
     compare_latency,
     measure_latency,
-    paired_ratio,
+    paired_relative_latency,
     profile_layers,
     shape_signature,
 )
@@ -49,14 +49,14 @@ def test_stats_from_known_times():
     assert LatencyStats.from_times([2.0]).spread == 0
 
 
-def test_paired_ratio_by_hand():
-    assert paired_ratio([1.0, 2.0, 4.0], [2.0, 4.0, 8.0]) == (pytest.approx(0.5), 0.0)
+def test_paired_relative_latency_by_hand():
+    assert paired_relative_latency([1.0, 2.0, 4.0], [2.0, 4.0, 8.0]) == (pytest.approx(0.5), 0.0)
     # log-ratios 0, 0, -ln2, -ln2: median -ln2/2, MAD ln2/2, se 1.2533 * 1.4826 * MAD / sqrt(4).
-    ratio, half_width = paired_ratio([1.0] * 4, [1.0, 1.0, 2.0, 2.0])
+    ratio, half_width = paired_relative_latency([1.0] * 4, [1.0, 1.0, 2.0, 2.0])
     se = 1.2533 * 1.4826 * math.log(2) / 2 / 2
     assert ratio == pytest.approx(2**-0.5)
     assert half_width == pytest.approx(math.expm1(1.96 * se))
-    assert paired_ratio([3.0], [1.0]) == (pytest.approx(3.0), math.inf)
+    assert paired_relative_latency([3.0], [1.0]) == (pytest.approx(3.0), math.inf)
 
 
 def _best(measure, tries: int = 3):
@@ -89,7 +89,7 @@ def test_compare_latency_keeps_each_models_best_pass():
 def test_meter_ratio_of_known_durations():
     def ratio() -> float:
         meter = LatencyMeter(Wait(1.0), SHAPE, LatencyConfig(warmup=1, repeats=20))
-        return meter.ratio(Wait(0.5))[0]
+        return meter.relative_latency(Wait(0.5))[0]
 
     # Median of three meters: short waits, as the scheduler cuts long ones on a busy machine.
     assert sorted(ratio() for _ in range(3))[1] == pytest.approx(0.5, abs=0.1)
@@ -112,20 +112,20 @@ def exact_clock(monkeypatch):
 
 def test_meter_stops_once_the_ratio_is_known(exact_clock):
     cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
-    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).ratio(Steps(2.0))
+    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).relative_latency(Steps(2.0))
     assert ratio == pytest.approx(0.5) and stats.n == 5  # steady: known after the fewest pairs
     # Pair ratios 0.25, 0.5, 0.75 in turn: spread far beyond +-2%, so all 20 pairs are timed.
-    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).ratio(Steps(1.0, 2.0, 3.0))
+    ratio, stats = LatencyMeter(Steps(4.0), SHAPE, cfg).relative_latency(Steps(1.0, 2.0, 3.0))
     assert stats.n == 20 and ratio == pytest.approx(0.5)
     # Unless a decision hangs on it: clearly under a threshold of 2, five pairs suffice...
     meter = LatencyMeter(Steps(4.0), SHAPE, cfg, threshold=2.0)
-    assert meter.ratio(Steps(1.0, 2.0, 3.0))[1].n == 5
+    assert meter.relative_latency(Steps(1.0, 2.0, 3.0))[1].n == 5
     # ...but not when the threshold is within the spread.
     meter = LatencyMeter(Steps(4.0), SHAPE, cfg, threshold=0.5)
-    assert meter.ratio(Steps(1.0, 2.0, 3.0))[1].n == 20
+    assert meter.relative_latency(Steps(1.0, 2.0, 3.0))[1].n == 20
     # With the stopping rule off, every repeat is timed whatever the spread.
     exact = LatencyConfig(warmup=0, repeats=6, rel_tol=None)
-    assert LatencyMeter(Steps(4.0), SHAPE, exact).ratio(Steps(2.0))[1].n == 6
+    assert LatencyMeter(Steps(4.0), SHAPE, exact).relative_latency(Steps(2.0))[1].n == 6
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +140,11 @@ def models():
 def test_meter_caches_by_architecture(models):
     full, half, half_again = models
     meter = LatencyMeter(full, SHAPE, FAST)
-    ratio, stats = meter.ratio(half)
+    ratio, stats = meter.relative_latency(half)
     assert (meter.hits, meter.misses) == (0, 1)
-    assert half_again is not half and meter.ratio(half_again) == (ratio, stats)
+    assert half_again is not half and meter.relative_latency(half_again) == (ratio, stats)
     assert (meter.hits, meter.misses) == (1, 1)
-    meter.ratio(full)
+    meter.relative_latency(full)
     assert (meter.hits, meter.misses) == (1, 2)
 
 

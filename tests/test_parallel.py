@@ -40,12 +40,12 @@ class LoggedLatency(MacsLatency):
         super().__init__(reference, input_shape)
         self.log = str(log)
 
-    def ratio(self, model):
+    def relative_latency(self, model):
         start = time.time()
         time.sleep(SLEEP_S)
         with open(self.log, "a") as f:
             f.write(f"{os.getpid()} {start} {time.time()}\n")
-        return super().ratio(model)
+        return super().relative_latency(model)
 
 
 def intervals(log):
@@ -83,10 +83,10 @@ def config(**kwargs) -> AgentConfig:
 
 
 def episodes(run_dir) -> list[tuple]:
-    """(episode, reward, accuracy, macs_ratio) of every row of a run's episodes.csv."""
+    """(episode, reward, accuracy, relative_macs) of every row of a run's episodes.csv."""
     with open(run_dir / "episodes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = ("episode", "reward", "accuracy", "macs_ratio")
+    keys = ("episode", "reward", "accuracy", "relative_macs")
     return [tuple(float(r[k]) for k in keys) for r in rows]
 
 
@@ -266,4 +266,4 @@ def test_train_agent_with_two_envs_selects_among_the_workers_results_and_resumes
 
     train_agent("--resume", str(run_dir), "--episodes", "6", "--no-progress")
     assert [row[0] for row in episodes(run_dir)] == [1, 2, 3, 4, 5, 6]
-    assert json.loads((run_dir / "config.json").read_text())["envs"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["search"]["envs"] == 2

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from envs.budget import check_reachable, min_pruning_ratio
+from envs.budget import check_reachable, required_pruning_ratio
 from envs.rewards import REWARDS, get_reward
 from models.errors import BudgetError, RlpruneError
 
@@ -62,36 +62,38 @@ def test_action_wall_keeps_target_reachable_for_random_actions(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 12))
     cost = _chain_cost(rng.uniform(0.1, 3.0, n).tolist())
-    max_ratio = float(rng.uniform(0.5, 0.9))
-    target = float(rng.uniform(cost([1 - max_ratio] * n), 1.0))
+    max_pruning_ratio = float(rng.uniform(0.5, 0.9))
+    target = float(rng.uniform(cost([1 - max_pruning_ratio] * n), 1.0))
     keep: list[float] = []
     for _ in range(n):
-        floor = min_pruning_ratio(cost, keep, n, target, max_ratio)
-        assert 0.0 <= floor <= max_ratio
-        rest = [1 - max_ratio] * (n - len(keep) - 1)
+        floor = required_pruning_ratio(cost, keep, n, target, max_pruning_ratio)
+        assert 0.0 <= floor <= max_pruning_ratio
+        rest = [1 - max_pruning_ratio] * (n - len(keep) - 1)
         if floor > 0.0:  # the least ratio: 1% less would make the target unreachable
             assert cost([*keep, 1.0 - floor + 0.01, *rest]) > target
-        keep.append(1.0 - max(float(rng.uniform(0, max_ratio)), floor))  # as the env clamps
+        keep.append(1.0 - max(float(rng.uniform(0, max_pruning_ratio)), floor))  # as the env clamps
         assert cost(keep + rest) <= target + 1e-3  # still reachable
     assert cost(keep) <= target + 1e-3
 
 
-def test_min_ratio_on_a_hand_computed_cost():
+def test_required_pruning_ratio_on_a_hand_computed_cost():
     def mean_keep(keep):
         return sum(keep) / len(keep)
 
     # Unit 0 of 2, unit 1 at most pruned 0.8 (keeps 0.2): (k + 0.2) / 2 <= 0.5 needs k <= 0.8.
-    assert min_pruning_ratio(mean_keep, [], 2, 0.5, 0.8) == pytest.approx(0.2, abs=1e-3)
+    assert required_pruning_ratio(mean_keep, [], 2, 0.5, 0.8) == pytest.approx(0.2, abs=1e-3)
     # Unit 1 after unit 0 kept 0.9: (0.9 + k) / 2 <= 0.5 needs k <= 0.1, ratio >= 0.9 > max.
-    assert min_pruning_ratio(mean_keep, [0.9], 2, 0.5, 0.8) == 0.8
+    assert required_pruning_ratio(mean_keep, [0.9], 2, 0.5, 0.8) == 0.8
     # Unit 2 of 3 after 0.3 and 0.6: (0.9 + k) / 3 <= 0.5 needs k <= 0.6.
-    assert min_pruning_ratio(mean_keep, [0.3, 0.6], 3, 0.5, 0.8) == pytest.approx(0.4, abs=1e-3)
+    assert required_pruning_ratio(mean_keep, [0.3, 0.6], 3, 0.5, 0.8) == pytest.approx(
+        0.4, abs=1e-3
+    )
 
 
-def test_min_ratio_is_zero_when_budget_is_loose_and_max_when_impossible():
+def test_required_pruning_ratio_is_zero_when_budget_is_loose_and_max_when_impossible():
     cost = _chain_cost([1.0, 1.0, 1.0])
-    assert min_pruning_ratio(cost, [], 3, 0.99, 0.8) == 0.0
-    assert min_pruning_ratio(cost, [1.0, 1.0], 3, 0.05, 0.8) == 0.8
+    assert required_pruning_ratio(cost, [], 3, 0.99, 0.8) == 0.0
+    assert required_pruning_ratio(cost, [1.0, 1.0], 3, 0.05, 0.8) == 0.8
 
 
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.0, 1.5])
@@ -101,6 +103,6 @@ def test_targets_outside_unit_interval_are_rejected(target):
 
 
 def test_target_below_maximal_pruning_is_rejected_with_fix():
-    with pytest.raises(BudgetError, match="--target or --max-ratio"):
+    with pytest.raises(BudgetError, match="--target or --max-pruning-ratio"):
         check_reachable(0.2, 0.35, "latency")
     check_reachable(0.4, 0.35, "MACs")

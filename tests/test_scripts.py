@@ -68,7 +68,7 @@ def test_train_agent_end_to_end(trained_run):
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert "| agent |" in stdout and "| uniform |" in stdout and "episodes/s" in stdout
     best = json.loads((run_dir / "best_strategy.json").read_text())
-    assert best["macs_ratio"] <= 0.5 * 1.05
+    assert best["relative_macs"] <= 0.5 * 1.05
     report = (run_dir / "report.md").read_text()
     assert "| original |" in report and "Best strategy" in report
     # The delivered model is the final selection's choice among the search's distinct best.
@@ -192,7 +192,8 @@ def test_ship_agent_refuses_an_unfinished_search(trained_run, tmp_path):
     partial = tmp_path / "run"
     shutil.copytree(run_dir, partial)
     config = json.loads((partial / "config.json").read_text())
-    (partial / "config.json").write_text(json.dumps({**config, "episodes": 10}))
+    config["search"]["episodes"] = 10
+    (partial / "config.json").write_text(json.dumps(config))
     proc = run("ship_agent.py", "--run", str(partial), "--name", "x", "--to", str(tmp_path / "a"),
                cache=cache)  # fmt: skip
     assert proc.returncode == 2 and "stopped at episode 4 of 10" in proc.stderr

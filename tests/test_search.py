@@ -45,7 +45,7 @@ def test_search_logs_checkpoints_and_resumes(env, tmp_path):
     assert result.episodes == 6 and not result.interrupted
     best = json.loads((tmp_path / "best_strategy.json").read_text())
     assert set(best["strategy"]) == {u.name for u in env.units}
-    assert best["macs_ratio"] <= 0.5 * 1.05
+    assert best["relative_macs"] <= 0.5 * 1.05
     rows = (tmp_path / "episodes.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 6
 
@@ -53,8 +53,8 @@ def test_search_logs_checkpoints_and_resumes(env, tmp_path):
     for tag in (
         "episode/reward",
         "episode/accuracy",
-        "episode/latency_ratio",
-        "episode/macs_ratio",
+        "episode/relative_latency",
+        "episode/relative_macs",
         "episode/best_reward",
         f"strategy/{env.units[0].name}",
         "best/strategy",

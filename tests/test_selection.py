@@ -18,7 +18,7 @@ from models.training import evaluate, fine_tune
 
 
 def _search(splits, model, cost: str):
-    """A 10-episode sampled search at 0.5 of ``cost``; its "latency" is the MACs ratio."""
+    """A 10-episode sampled search at 0.5 of ``cost``; its "latency" is the relative MACs."""
     cfg = PruningEnvConfig(cost=cost, target=0.5, bn_batches=2)
     latency = MacsLatency(model, splits.input_shape)
     env = ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
@@ -39,7 +39,7 @@ def test_top_results_are_distinct_best_first_and_on_target(searched) -> None:
     assert rewards[0] == result["reward"]  # the search's best leads
     kept = [tuple(r["kept_channels"].values()) for r in top]
     assert len(set(kept)) == 4
-    assert all(r["macs_ratio"] <= 0.5 for r in top)
+    assert all(r["relative_macs"] <= 0.5 for r in top)
 
 
 def test_top_1_selection_is_the_search_best(searched, digits_splits) -> None:
@@ -61,13 +61,13 @@ def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> N
     pruned = env.pruner.prune_to(chosen["kept_channels"])
     recalibrate_bn(pruned, digits_splits.train, num_batches=env.config.bn_batches)
     fine_tune(pruned, _steps_subset(digits_splits.train, 5, 1), 1, lr=0.01, seed=1, progress=False)
-    assert evaluate(pruned, env.reward_set) == chosen["selection_score"]
+    assert evaluate(pruned, env.reward_val) == chosen["selection_score"]
     assert strategy_of(env, chosen["kept_channels"]) == chosen["strategy"]
 
 
 @pytest.fixture(scope="module")
 def searched_latency(digits_splits, digits_vgg_small):
-    """A search under a latency target whose "latency" is the MACs ratio (deterministic)."""
+    """A search under a latency target whose "latency" is the relative MACs (deterministic)."""
     return _search(digits_splits, digits_vgg_small, "latency")[0]
 
 
@@ -94,7 +94,7 @@ def macs_timer(slow: dict[int, float]):
 def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, digits_splits) -> None:
     env = searched_latency
     top = top_results(env, 4)
-    # The search's best and third best time at twice their MACs ratio: over 0.5 * 1.05.
+    # The search's best and third best time at twice their relative MACs: over 0.5 * 1.05.
     timer = macs_timer({0: 2.0, 2: 2.0})
     config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=4)
     chosen = select_strategy(env, digits_splits.train, config, timer=timer)
@@ -104,8 +104,8 @@ def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, dig
     base, _ = count_cost(env.model, x)
     for c in chosen["candidates"]:  # the measured ratio is the timer's, per candidate
         pruned = env.pruner.prune_to(top[c["search_rank"]]["kept_channels"])
-        assert c["measured_ratio"] == pytest.approx(count_cost(pruned, x)[0] / base)
-        assert c["measured_ratio"] <= 0.5 * 1.05
+        assert c["measured_relative_latency"] == pytest.approx(count_cost(pruned, x)[0] / base)
+        assert c["measured_relative_latency"] <= 0.5 * 1.05
     assert chosen["search_rank"] in (1, 3)
 
 

@@ -26,7 +26,7 @@ def _env(model, splits, target=0.5):
     return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
 
 
-def _macs_ratio(env, strategy) -> float:
+def _relative_macs(env, strategy) -> float:
     """MACs of the really pruned model over the original's: independent of the env's estimate."""
     pruned = env.pruner.apply(strategy)
     return count_cost(pruned, env.example_input)[0] / count_cost(env.model, env.example_input)[0]
@@ -39,8 +39,8 @@ def test_projection_just_meets_the_target_and_keeps_the_order(model, digits_spli
     strategy = project_to_target(env, propensity)
     ratios = [strategy[u.name] for u in env.units]
     assert ratios == sorted(ratios)  # more propensity, more pruning
-    assert all(env.config.min_ratio <= r <= env.config.max_ratio for r in ratios)
-    macs = _macs_ratio(env, strategy)
+    assert all(env.config.min_pruning_ratio <= r <= env.config.max_pruning_ratio for r in ratios)
+    macs = _relative_macs(env, strategy)
     assert target - 0.05 < macs <= target + 1e-9  # just under the target, not far below
 
 
@@ -50,7 +50,7 @@ def test_run_strategy_plays_the_strategy_unchanged(model, digits_splits):
     info = run_strategy(env, strategy)
     for name, ratio in strategy.items():
         assert info["strategy"][name] == pytest.approx(ratio, abs=1e-3)  # the wall did not act
-    assert info["macs_ratio"] == pytest.approx(_macs_ratio(env, strategy))
+    assert info["relative_macs"] == pytest.approx(_relative_macs(env, strategy))
 
 
 def test_sampled_search_candidates_are_random_and_on_target(model, digits_splits):
@@ -60,7 +60,7 @@ def test_sampled_search_candidates_are_random_and_on_target(model, digits_splits
     assert result["strategy"] == again["strategy"]
     rows = result["history"]
     assert len(rows) == 8 and result["reward"] == max(r["reward"] for r in rows)
-    assert all(0.45 < r["macs_ratio"] <= 0.5 + 1e-9 for r in rows)
+    assert all(0.45 < r["relative_macs"] <= 0.5 + 1e-9 for r in rows)
     assert len({round(r, 3) for r in result["strategy"].values()}) > 2  # not a uniform strategy
     assert result["strategy"] != sampled_search(_env(model, digits_splits), 8, seed=2)["strategy"]
 
@@ -72,4 +72,4 @@ def test_tpe_search_is_seeded_and_returns_the_best(model, digits_splits):
     assert first["strategy"] == again["strategy"]
     rewards = [r["reward"] for r in first["history"]]
     assert first["reward"] == max(rewards) == rewards[first["episode"]]
-    assert all(r["macs_ratio"] <= 0.5 + 1e-9 for r in first["history"])
+    assert all(r["relative_macs"] <= 0.5 + 1e-9 for r in first["history"])

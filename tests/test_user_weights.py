@@ -60,8 +60,8 @@ def test_search_on_user_weights_records_their_checksum(
 ):
     run_dir, cache, stdout = weights_run
     sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["weights"] == str(weights_file) and config["weights_sha256"] == sha
+    data = json.loads((run_dir / "config.json").read_text())["data"]
+    assert data["weights"] == str(weights_file) and data["weights_sha256"] == sha
     assert f"weights_sha256: `{sha}`" in (run_dir / "report.md").read_text()
     assert not (cache / "base_models").exists()  # no base model was trained nor cached
     # The original row is the user's model on the test split.
