@@ -183,6 +183,7 @@ def _flat_names() -> dict[str, tuple[str, ...]]:
         "max_pruning_ratio",
         "importance",
         "round_to",
+        "actions",
     )
     flat.update({name: ("env", name) for name in (*env, "bn_batches", "reconstruct", "features")})
     latency = {"latency_batch_size": "batch_size", "latency_repeats": "repeats"}

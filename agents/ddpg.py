@@ -225,14 +225,16 @@ class AMCDDPG(DDPG):
     """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration.
 
     ``observation_features`` and ``features_version`` (saved with the agent) name the observation
-    it was trained on (:mod:`envs.features`); :func:`load_agent` refuses an env that observes
-    anything else.
+    it was trained on (:mod:`envs.features`), ``action_mode`` how its actions became pruning
+    ratios (:mod:`envs.actions`; agents saved before it existed are ``"absolute"``);
+    :func:`load_agent` refuses an env that observes or acts otherwise.
     """
 
     def __init__(self, *args: Any, actor_lr: float = 1e-4, critic_lr: float = 1e-3, **kwargs: Any):
         self.actor_lr, self.critic_lr = actor_lr, critic_lr
         self.observation_features: list[str] | None = None
         self.features_version: int | None = None
+        self.action_mode: str = "absolute"
         self._warmup_actions: list[np.ndarray] = []
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
 
@@ -324,6 +326,7 @@ def make_agent(
     )
     agent.observation_features = list(feature_names(env) or ()) or None
     agent.features_version = FEATURES_VERSION
+    agent.action_mode = env_action_mode(env) or "absolute"
     return agent
 
 
@@ -363,6 +366,12 @@ def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:
 
     Agents saved before the observation was versioned (version 1) have no feature names.
     """
+    mode, trained_mode = env_action_mode(env), getattr(agent, "action_mode", "absolute")
+    if mode is not None and mode != trained_mode:
+        raise CheckpointError(
+            f"{path} was trained with --actions {trained_mode} but the env maps actions "
+            f"'{mode}'; pass --actions {trained_mode}"
+        )
     names = feature_names(env)
     trained = getattr(agent, "observation_features", None)
     if names is None:
@@ -384,6 +393,15 @@ def feature_names(env: gym.Env | VecEnv) -> list[str] | None:
     if isinstance(env, VecEnv):
         return env.get_attr("feature_names")[0] if env.has_attr("feature_names") else None
     return getattr(env, "feature_names", None)
+
+
+def env_action_mode(env: gym.Env | VecEnv) -> str | None:
+    """How an env (or a ``VecEnv``'s first env) maps actions (:mod:`envs.actions`), if it says."""
+    if isinstance(env, VecEnv):
+        config = env.get_attr("config")[0] if env.has_attr("config") else None
+    else:
+        config = getattr(env, "config", None)
+    return getattr(config, "actions", None)
 
 
 def agent_config_dict(config: AgentConfig) -> dict[str, Any]:

@@ -40,6 +40,7 @@ _COMMAND_FLAGS = (
     "features",
     "fine_tune_epochs",
     "round_to",
+    "actions",
 )
 
 

@@ -84,6 +84,9 @@ class MultiModelEnv(gym.Env):
         names = {tuple(e.feature_names) for e in self.envs}
         if len(names) != 1:
             raise ValueError(f"the environments observe different features: {sorted(names)}")
+        modes = {e.config.actions for e in self.envs}
+        if len(modes) != 1:
+            raise ValueError(f"the environments map actions differently: {sorted(modes)}")
         self.feature_names = self.envs[0].feature_names
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
@@ -98,6 +101,11 @@ class MultiModelEnv(gym.Env):
         self.current = self.envs[self._next % len(self.envs)]
         self._next += 1
         return self.current.reset(seed=seed, options=options)
+
+    @property
+    def config(self) -> Any:
+        """The current environment's settings (all share the action mode)."""
+        return self.current.config
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         return self.current.step(action)

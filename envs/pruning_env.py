@@ -14,6 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from envs.actions import (
+    absolute_action_to_ratio,
+    check_action_mode,
+    relative_action_to_ratio,
+    remaining_uniform_ratio,
+)
 from envs.budget import check_reachable, required_pruning_ratio
 from envs.cost import CostModel, LatencyCost, MacsCost
 from envs.features import DEFAULT_FEATURES, NetworkContext, check_features, unit_features
@@ -54,6 +60,10 @@ class PruningEnvConfig:
             pruned by AMC's least squares on feature maps of the original network
             (:class:`envs.reconstruction.Reconstructor`; one sampling pass at construction,
             then ~0.1 s per strategy).
+        actions: how an action becomes a pruning ratio (:mod:`envs.actions`): ``"absolute"``
+            (AMC: linear onto [min_pruning_ratio, max_pruning_ratio]) or ``"relative"`` (0 is the
+            uniform pruning ratio that makes the remaining units just meet the target, -1 the
+            minimum, +1 the maximum; an unsure policy falls back to uniform pruning).
         features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
             order; the default is every feature of the current version. A subset is for
             ablations; an agent only acts in envs that observe the features it was trained on.
@@ -72,10 +82,12 @@ class PruningEnvConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
     reconstruct: bool = False
+    actions: str = "absolute"
     features: tuple[str, ...] = DEFAULT_FEATURES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", check_features(self.features))
+        check_action_mode(self.actions)
         if self.cost not in ("latency", "macs"):
             raise RlpruneError(f"unknown cost '{self.cost}'; choose 'latency' or 'macs'")
         if not 0.0 <= self.min_pruning_ratio < self.max_pruning_ratio < 1.0:
@@ -324,6 +336,7 @@ class ChannelPruningEnv(gym.Env):
         self._keep: list[float] = []
         self._pruning_ratios: list[float] = []
         self._floor = 0.0
+        self._centre = 0.0
 
     # ----------------------------------------------------------------- cost models
     @property
@@ -364,6 +377,14 @@ class ChannelPruningEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         t = len(self._keep)
         self._floor = self._required_pruning_ratio()  # the wall for this unit; step() reuses it
+        if self.config.actions == "relative":  # action 0 for this unit; step() reuses it
+            self._centre = remaining_uniform_ratio(
+                self.cost.estimate,
+                self._keep,
+                self.num_units,
+                self.config.target,
+                self.config.max_pruning_ratio,
+            )
         ones = [1.0] * (self.num_units - t)
         return unit_features(
             self.units[t],
@@ -384,11 +405,15 @@ class ChannelPruningEnv(gym.Env):
         return self._observation(), {}
 
     def action_to_pruning_ratio(self, action: float) -> float:
-        """Map an action in [-1, 1] linearly to a pruning ratio in
-        [min_pruning_ratio, max_pruning_ratio]."""
-        a = float(np.clip(action, -1.0, 1.0))
+        """The current unit's pruning ratio for an action in [-1, 1] (``config.actions``).
+
+        ``"absolute"``: linear onto [min_pruning_ratio, max_pruning_ratio]. ``"relative"``: 0 is
+        the remaining uniform pruning ratio of the current step (:mod:`envs.actions`).
+        """
         lo, hi = self.config.min_pruning_ratio, self.config.max_pruning_ratio
-        return lo + (a + 1.0) / 2.0 * (hi - lo)
+        if self.config.actions == "relative":
+            return relative_action_to_ratio(action, self._centre, lo, hi)
+        return absolute_action_to_ratio(action, lo, hi)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if len(self._keep) >= self.num_units:

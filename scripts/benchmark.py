@@ -4,11 +4,12 @@ For every task (base model + dataset), latency target and seed, the methods prun
 model: ``uniform`` (one pruning ratio everywhere), ``global`` (one global magnitude threshold),
 ``random`` (per-unit random actions through the env's action wall), ``sampled`` (EagleEye's random
 search: whole random strategies projected onto the target), ``tpe`` (Optuna TPE over the same
-projection), ``agent`` (DDPG, latency reward) and ``agent_macs`` (DDPG, AMC's MACs proxy, same
-numeric target), the searches with the same number of episodes. Every search ends with the same
-selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-scored by
-BN recalibration + ``--select-steps`` fine-tune steps on the whole reward split). Each result is
-BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings (annealed to
+projection), ``agent`` (DDPG, latency reward), ``agent_relative`` (the same with actions
+relative to the remaining uniform ratio, :mod:`envs.actions`) and ``agent_macs`` (DDPG, AMC's
+MACs proxy, same numeric target), the searches with the same number of episodes. Every search
+ends with the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k``
+architectures re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole
+reward split). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings (annealed to
 zero) and evaluated again; all models of one task and target are then timed together, interleaved,
 best of several passes. Every finished cell (task, target, method, seed) is cached in
 ``--output-dir``/cells, so an interrupted benchmark continues where it stopped. Writes
@@ -70,7 +71,9 @@ from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
 
 SHARED_CIFAR10 = "../shared/data/cifar10/train"
 #: The library's search methods, and the agent on AMC's MACs proxy (``agent`` on a MACs env).
-METHODS = (*SEARCH_METHODS, "agent_macs")
+#: Variants of the agent: the env setting each one changes.
+AGENT_VARIANTS = {"agent_macs": {"cost": "macs"}, "agent_relative": {"actions": "relative"}}
+METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
 SEARCHES = tuple(m for m in METHODS if m not in RULES)
 DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent")
@@ -246,10 +249,16 @@ def make_env(
     latency: LatencyConfig,
     reconstruct: bool = False,
     round_to: int | None = None,
+    actions: str = "absolute",
 ) -> ChannelPruningEnv:
     """A fresh pruning env (own latency cache and calibration) for one method and seed."""
     cfg = PruningEnvConfig(
-        target=target, cost=cost, latency=latency, reconstruct=reconstruct, round_to=round_to
+        target=target,
+        cost=cost,
+        latency=latency,
+        reconstruct=reconstruct,
+        round_to=round_to,
+        actions=actions,
     )
     return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg)
 
@@ -267,13 +276,20 @@ def search_strategy(
 
     Every search ends with the same final choice (:func:`select_strategy` of its top-k).
     """
-    cost = "macs" if method == "agent_macs" else "latency"
+    variant = AGENT_VARIANTS.get(method, {})
     env = make_env(
-        model, splits, target, cost, latency_config(args), args.reconstruct, args.round_to
+        model,
+        splits,
+        target,
+        variant.get("cost", "latency"),
+        latency_config(args),
+        args.reconstruct,
+        args.round_to,
+        variant.get("actions", "absolute"),
     )
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
     settings = SearchSettings(args.episodes, seed, args.warmup, run_dir)
-    result = run_method("agent" if method == "agent_macs" else method, env, settings)
+    result = run_method("agent" if method in AGENT_VARIANTS else method, env, settings)
     found = {
         "strategy": result["strategy"],
         "search_s": result["seconds"],

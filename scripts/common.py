@@ -22,6 +22,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from agents.config import default  # noqa: E402
 from agents.workload import Workload, env_config  # noqa: E402
+from envs.actions import ACTION_MODES  # noqa: E402
 from envs.backends import BACKENDS, check_backend  # noqa: E402
 from envs.latency_table import check_table_settings, load_table  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
@@ -143,6 +144,13 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=default("max_pruning_ratio"),
         help="largest pruning ratio of a unit",
+    )
+    g.add_argument(
+        "--actions",
+        choices=ACTION_MODES,
+        default=default("actions"),
+        help="how an action becomes a pruning ratio: 'absolute' (AMC: linear onto [min, max]) or "
+        "'relative' (0 = the uniform ratio that makes the remaining units meet the target)",
     )
     g.add_argument(
         "--round-to",

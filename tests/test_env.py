@@ -13,11 +13,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import envs
+from agents.ddpg import AgentConfig, load_agent, make_agent
+from envs.baselines import uniform_for_target
 from envs.features import NUM_FEATURES
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from envs.rewards import TARGET_TOLERANCE
-from models.errors import BudgetError, RlpruneError
+from models.errors import BudgetError, CheckpointError, RlpruneError
 from models.training import TrainConfig, get_base_model
 
 
@@ -220,3 +222,39 @@ def test_gymnasium_make_builds_the_registered_env(trained, mnist5k_splits):
     )
     obs, _ = env.reset(seed=1)
     assert obs.shape == (NUM_FEATURES,)
+
+
+def test_relative_action_zero_prunes_uniformly_at_the_target(trained, mnist5k_splits):
+    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions="relative")
+    _, _, infos = _episode(env, [0.0] * env.num_units)
+    ratios = [info["pruning_ratio"] for info in infos]
+    # One ratio for every unit (up to the channel rounding the later centres see) ...
+    assert max(ratios) - min(ratios) < 0.03
+    # ... the one uniform pruning, bisected on the measured MACs, needs for the target.
+    uniform = uniform_for_target(env, 0.5)
+    assert ratios[0] == pytest.approx(uniform["uniform_pruning_ratio"], abs=0.02)
+    assert 0.47 <= infos[-1]["relative_macs"] <= 0.5 * (1 + TARGET_TOLERANCE)
+
+
+def test_relative_actions_redistribute_what_a_unit_spares(trained, mnist5k_splits):
+    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions="relative")
+    centre = [i["pruning_ratio"] for i in _episode(env, [0.0] * env.num_units)[2]][0]
+    spare = [i["pruning_ratio"] for i in _episode(env, [-1.0] + [0.0] * 5)[2]]
+    cut = [i["pruning_ratio"] for i in _episode(env, [1.0] + [0.0] * 5)[2]]
+    assert spare[0] == 0.0 and cut[0] == pytest.approx(0.8)  # -1: the minimum, +1: the maximum
+    assert all(r > centre + 0.02 for r in spare[1:])  # the rest prune more ...
+    assert all(r < centre - 0.02 for r in cut[1:])  # ... or less, to meet the same target
+    for actions in ([-1.0] + [0.0] * 5, [1.0] + [0.0] * 5):
+        assert _episode(env, actions)[2][-1]["relative_macs"] <= 0.5 * (1 + TARGET_TOLERANCE)
+
+
+def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_splits, tmp_path):
+    relative = _env(trained, mnist5k_splits, cost="macs", actions="relative")
+    agent = make_agent(relative, AgentConfig(episodes=4, warmup_episodes=2), num_units=6)
+    assert agent.action_mode == "relative"
+    agent.save(tmp_path / "agent.zip")
+    assert load_agent(tmp_path / "agent.zip", relative).action_mode == "relative"
+    with pytest.raises(CheckpointError, match="trained with --actions relative"):
+        load_agent(tmp_path / "agent.zip", _env(trained, mnist5k_splits, cost="macs"))
+    with pytest.raises(RlpruneError, match="unknown action mode"):
+        PruningEnvConfig(actions="sideways")

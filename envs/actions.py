@@ -1,0 +1,96 @@
+"""How the agent's action in [-1, 1] becomes a unit's pruning ratio.
+
+Two mappings (:data:`ACTION_MODES`), chosen by ``PruningEnvConfig.actions``:
+
+- ``"absolute"`` (AMC): the action maps linearly onto ``[lo, hi]`` (the smallest and largest
+  pruning ratio of a unit); the action wall then raises it where the target would otherwise become
+  unreachable. An untrained or unsure policy gets whatever its raw output says, and the wall
+  pushes the last units to ``hi`` to pay for it.
+- ``"relative"``: action 0 is the *remaining uniform ratio* (:func:`remaining_uniform_ratio`): the
+  one ratio that, applied to this unit and every later one, just meets the target given the units
+  already decided. -1 is ``lo``, +1 is ``hi``, piecewise linear in between
+  (:func:`relative_action_to_ratio`). A policy that outputs 0 everywhere prunes uniformly at the
+  target; one that spares a unit makes the remaining units share the difference, because their
+  centre is recomputed at every step. Exploration noise then samples strategies around uniform
+  pruning, which is where the strongest simple baseline sits.
+
+All functions are pure; the cost model is ``keep -> cost`` as in :mod:`envs.budget`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from models.errors import RlpruneError
+
+ACTION_MODES = ("absolute", "relative")
+
+CostModel = Callable[[Sequence[float]], float]
+
+
+def check_action_mode(mode: str) -> str:
+    """Return ``mode`` if known, else raise a one-line :class:`RlpruneError`."""
+    if mode not in ACTION_MODES:
+        raise RlpruneError(f"unknown action mode '{mode}'; choose one of {', '.join(ACTION_MODES)}")
+    return mode
+
+
+def absolute_action_to_ratio(action: float, lo: float, hi: float) -> float:
+    """AMC's mapping: ``action`` in [-1, 1] (clipped) linearly onto ``[lo, hi]``."""
+    a = min(max(float(action), -1.0), 1.0)
+    return lo + (a + 1.0) / 2.0 * (hi - lo)
+
+
+def relative_action_to_ratio(action: float, centre: float, lo: float, hi: float) -> float:
+    """``action`` in [-1, 1] (clipped) onto ``[lo, hi]`` with 0 at ``centre`` (clipped into it).
+
+    Piecewise linear: ``[-1, 0]`` onto ``[lo, centre]`` and ``[0, 1]`` onto ``[centre, hi]``.
+    """
+    a = min(max(float(action), -1.0), 1.0)
+    c = min(max(float(centre), lo), hi)
+    return c + a * (hi - c) if a >= 0.0 else c + a * (c - lo)
+
+
+def remaining_uniform_ratio(
+    cost_model: CostModel,
+    decided: Sequence[float],
+    num_units: int,
+    target_cost: float,
+    max_pruning_ratio: float,
+    tol: float = 1e-4,
+) -> float:
+    """The one pruning ratio for units ``len(decided)..num_units-1`` that just meets the target.
+
+    Args:
+        cost_model: estimated cost as a function of the kept fraction of every unit.
+        decided: kept fractions of the units already visited.
+        num_units: number of units of the model.
+        target_cost: cost the final model must not exceed (same unit as ``cost_model``).
+        max_pruning_ratio: largest pruning ratio any unit may take.
+        tol: bisection tolerance on the ratio.
+
+    Returns:
+        The smallest ratio in ``[0, max_pruning_ratio]`` whose uniform use on the remaining
+        units keeps the cost at or under ``target_cost`` (found by bisection: cost is monotone in
+        each keep); 0 when the decided units already meet the target unpruned,
+        ``max_pruning_ratio`` when even that does not.
+    """
+    t = len(decided)
+    if not 0 <= t < num_units:
+        raise RlpruneError(f"{t} units decided of {num_units}: no unit left to choose a ratio for")
+
+    def cost_at(ratio: float) -> float:
+        return cost_model([*decided, *([1.0 - ratio] * (num_units - t))])
+
+    if cost_at(0.0) <= target_cost:
+        return 0.0
+    if cost_at(max_pruning_ratio) > target_cost:
+        return max_pruning_ratio
+    lo, hi = 0.0, max_pruning_ratio
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if cost_at(mid) <= target_cost:
+            hi = mid
+        else:
+            lo = mid
+    return hi
