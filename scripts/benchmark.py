@@ -9,9 +9,9 @@ relative to the remaining uniform ratio, :mod:`envs.actions`) and ``agent_macs``
 MACs proxy, same numeric target), the searches with the same number of episodes. Every search
 ends with the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k``
 architectures re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole
-reward split). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings (annealed to
-zero) and evaluated again; all models of one task and target are then timed together, interleaved,
-best of several passes. Every finished cell (task, target, method, seed) is cached in
+reward split). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned
+with the same settings (annealed to zero) and evaluated again; all models of one task and target
+are then timed together, interleaved, best of several passes. Every finished cell (task, target, method, seed) is cached in
 ``--output-dir``/cells, so an interrupted benchmark continues where it stopped. Writes
 ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
