@@ -11,9 +11,9 @@ ends with the same selection protocol (:mod:`agents.selection`: its top ``--sele
 architectures re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole
 reward split). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned
 with the same settings (annealed to zero) and evaluated again; all models of one task and target
-are then timed together, interleaved, best of several passes. Every finished cell (task, target, method, seed) is cached in
-``--output-dir``/cells, so an interrupted benchmark continues where it stopped. Writes
-``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
+are then timed together, interleaved, best of several passes. Every finished cell (task, target,
+method, seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it
+stopped. Writes ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
