@@ -41,6 +41,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.features import FEATURES_VERSION, current_feature_names
+from envs.pruning_env import PruningEnvConfig
 from models.errors import CheckpointError
 
 
@@ -359,6 +360,26 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
 def saved_features(path: str | Path) -> list[str] | None:
     """The observation features the agent saved at ``path`` was trained on (None: version 1)."""
     return getattr(load_agent(path), "observation_features", None)
+
+
+def saved_action_mode(path: str | Path) -> str:
+    """How the actions of the agent saved at ``path`` became pruning ratios (``--actions``)."""
+    return getattr(load_agent(path), "action_mode", "absolute")
+
+
+def agent_action_mode(path: str | Path, asked: str) -> str:
+    """The action mode to play the agent at ``path`` with: its own.
+
+    Raises:
+        CheckpointError: ``asked`` (the ``--actions`` given) is not the default and differs.
+    """
+    mode = saved_action_mode(path)
+    if asked != mode and asked != PruningEnvConfig.actions:
+        raise CheckpointError(
+            f"{path} was trained with --actions {mode}; drop --actions {asked} (an agent is "
+            "played the way it was trained)"
+        )
+    return mode
 
 
 def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:

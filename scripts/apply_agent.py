@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 import torch
 
-from agents.ddpg import load_agent, saved_features
+from agents.ddpg import agent_action_mode, load_agent, saved_features
 from agents.finalize import (
     compare_with_uniform,
     make_recipe,
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.get("features") is None:  # observe what the agent was trained on
         features = saved_features(agent_path)
         settings["features"] = ",".join(features) if features else None
+    settings["actions"] = agent_action_mode(agent_path, settings["actions"])
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)

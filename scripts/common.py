@@ -150,7 +150,8 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         choices=ACTION_MODES,
         default=default("actions"),
         help="how an action becomes a pruning ratio: 'absolute' (AMC: linear onto [min, max]) or "
-        "'relative' (0 = the uniform ratio that makes the remaining units meet the target)",
+        "'relative' (0 = the uniform ratio that makes the remaining units meet the target); "
+        "apply_agent and transfer_study play an agent the way it was trained",
     )
     g.add_argument(
         "--round-to",

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import envs
-from agents.ddpg import AgentConfig, load_agent, make_agent
+from agents.ddpg import AgentConfig, agent_action_mode, load_agent, make_agent
 from envs.baselines import uniform_for_target
 from envs.features import NUM_FEATURES
 from envs.latency import LatencyConfig
@@ -256,5 +256,11 @@ def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_spl
     assert load_agent(tmp_path / "agent.zip", relative).action_mode == "relative"
     with pytest.raises(CheckpointError, match="trained with --actions relative"):
         load_agent(tmp_path / "agent.zip", _env(trained, mnist5k_splits, cost="macs"))
+    # apply_agent / transfer_study play an agent in its own mode; another one asked is an error.
+    assert agent_action_mode(tmp_path / "agent.zip", "absolute") == "relative"  # the default
+    absolute = make_agent(_env(trained, mnist5k_splits, cost="macs"), AgentConfig(), num_units=6)
+    absolute.save(tmp_path / "absolute.zip")
+    with pytest.raises(CheckpointError, match="trained with --actions absolute; drop --actions"):
+        agent_action_mode(tmp_path / "absolute.zip", "relative")
     with pytest.raises(RlpruneError, match="unknown action mode"):
         PruningEnvConfig(actions="sideways")
