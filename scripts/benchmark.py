@@ -64,7 +64,7 @@ from envs.pruning import Pruner  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
 from models.data import DataSplits, load_dataset, stratified_subset  # noqa: E402
-from models.errors import RlpruneError  # noqa: E402
+from models.errors import BudgetError, RlpruneError  # noqa: E402
 from models.renamed import check_current_names  # noqa: E402
 from models.training import TrainConfig, get_base_model  # noqa: E402
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
@@ -76,7 +76,7 @@ AGENT_VARIANTS = {"agent_macs": {"cost": "macs"}, "agent_relative": {"actions": 
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
 SEARCHES = tuple(m for m in METHODS if m not in RULES)
-DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent")
+DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent", "agent_relative")
 TIME_KEYS = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
 
 
@@ -666,18 +666,24 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     bases: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []  # (task, target) pairs the network cannot reach
     for task in [] if args.throughput_only else tasks:
         model, splits, info = load_task(task, args, repo_root)
         bases[task] = info
         print(f"{task}: {info}", flush=True)
         for target in targets:
-            rows += run_task_target(task, model, splits, target, args, out)
-            _write(out, command, rows, bases, "", time.perf_counter() - start)  # partial results
+            try:
+                rows += run_task_target(task, model, splits, target, args, out)
+            except BudgetError as exc:  # this network cannot reach it: the others still can
+                skipped.append(f"{task} at {target}: {exc}")
+                print(f"  {task} t={target}: skipped: {exc}", flush=True)
+                continue
+            _write(out, command, rows, bases, "", time.perf_counter() - start, skipped)
             plot_strategies(rows, task, target, out / f"strategies_{task}_t{target}.png")
         plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png")
 
     scaling = throughput_scaling(args) if (args.throughput or args.throughput_only) else ""
-    _write(out, command, rows, bases, scaling, time.perf_counter() - start)
+    _write(out, command, rows, bases, scaling, time.perf_counter() - start, skipped)
     print(f"\n{results_table(rows)}\n\nwritten to {out}/results.md")
     return 0
 
@@ -689,8 +695,10 @@ def _write(
     bases: dict[str, dict[str, Any]],
     scaling: str,
     seconds: float,
+    skipped: list[str] = (),
 ) -> None:
-    """results.md (tables), throughput.md and results.json (every row, per-episode history)."""
+    """results.md (tables), throughput.md and results.json (every row, per-episode history);
+    ``skipped`` names the targets a network cannot reach (with the reason)."""
     base_lines = ["| task | model | dataset | train/reward/test | base epochs | test acc |"]
     base_lines.append("|---|---|---|---|---|---|")
     for task, b in bases.items():
@@ -705,6 +713,11 @@ def _write(
         "\n".join(base_lines),
         "\n## Results (mean ± std over seeds)\n",
         results_table(rows) if rows else "(no method run)",
+        *(
+            ["\n## Skipped targets\n", "\n".join(f"- {line}" for line in skipped)]
+            if skipped
+            else []
+        ),
         "\n## Search throughput (per search run)\n",
         search_throughput_table(rows) if rows else "(no search run)",
     ]

@@ -61,10 +61,14 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
         row = next(r for r in rows if r["method"] == method)
         assert row["selected_rank"] in (0, 1) and row["select_s"] > 0
 
-    # Every cell is cached: a second run scores nothing again and reports the same accuracies.
+    # Every cell is cached: a second run scores nothing again and reports the same accuracies;
+    # a target this network cannot reach is skipped with its reason, not the end of the run.
+    flags = tuple("0.8,0.001" if f == "0.8" else f for f in flags)
     again = _run(*flags, cache=tmp_path / "cache")
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count(": cached") == len(benchmark.METHODS)
+    skipped = (out / "results.md").read_text().split("## Skipped targets")[1]
+    assert "tiny at 0.001: target 0.001 of the original latency is unreachable" in skipped
     rows_again = json.loads((out / "results.json").read_text())["rows"]
     for first, second in zip(rows, rows_again, strict=True):
         assert (first["method"], first["test_acc"], first["test_acc_ft"]) == (
