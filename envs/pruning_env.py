@@ -60,10 +60,11 @@ class PruningEnvConfig:
             pruned by AMC's least squares on feature maps of the original network
             (:class:`envs.reconstruction.Reconstructor`; one sampling pass at construction,
             then ~0.1 s per strategy).
-        actions: how an action becomes a pruning ratio (:mod:`envs.actions`): ``"absolute"``
-            (AMC: linear onto [min_pruning_ratio, max_pruning_ratio]) or ``"relative"`` (0 is the
-            uniform pruning ratio that makes the remaining units just meet the target, -1 the
-            minimum, +1 the maximum; an unsure policy falls back to uniform pruning).
+        actions: how an action becomes a pruning ratio (:mod:`envs.actions`): ``"relative"``
+            (the default: 0 is the uniform pruning ratio that makes the remaining units just meet
+            the target, -1 the minimum, +1 the maximum; an unsure policy falls back to uniform
+            pruning) or ``"absolute"`` (AMC: linear onto [min_pruning_ratio,
+            max_pruning_ratio]). Measured in docs/benchmarks.md (``agent_relative`` vs ``agent``).
         features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
             order; the default is every feature of the current version. A subset is for
             ablations; an agent only acts in envs that observe the features it was trained on.
@@ -82,7 +83,7 @@ class PruningEnvConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
     reconstruct: bool = False
-    actions: str = "absolute"
+    actions: str = "relative"
     features: tuple[str, ...] = DEFAULT_FEATURES
 
     def __post_init__(self) -> None:

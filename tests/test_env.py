@@ -36,7 +36,10 @@ def trained(mnist5k_splits, tmp_path_factory):
 
 def _env(trained, splits, measured=False, **config):
     latency = None if measured else MacsLatency(trained, splits.input_shape)
-    cfg = PruningEnvConfig(**{"latency": LatencyConfig(batch_size=8, repeats=5), **config})
+    # AMC's absolute actions unless a test asks otherwise: the wall tests push it hardest.
+    cfg = PruningEnvConfig(
+        **{"latency": LatencyConfig(batch_size=8, repeats=5), "actions": "absolute", **config}
+    )
     return ChannelPruningEnv(trained, splits.train, splits.reward_val, cfg, latency=latency)
 
 
@@ -100,7 +103,7 @@ CURVES = {
 
 def _curve_env(trained, splits, curve, **config):
     reward_val = TensorDataset(*(t[:100] for t in splits.reward_val.tensors))
-    cfg = PruningEnvConfig(**{"bn_batches": 1, **config})
+    cfg = PruningEnvConfig(**{"bn_batches": 1, "actions": "absolute", **config})
     latency = CurveLatency(trained, CURVES[curve])
     return ChannelPruningEnv(trained, splits.train, reward_val, cfg, latency=latency)
 
@@ -257,10 +260,11 @@ def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_spl
     with pytest.raises(CheckpointError, match="trained with --actions relative"):
         load_agent(tmp_path / "agent.zip", _env(trained, mnist5k_splits, cost="macs"))
     # apply_agent / transfer_study play an agent in its own mode; another one asked is an error.
-    assert agent_action_mode(tmp_path / "agent.zip", "absolute") == "relative"  # the default
+    assert agent_action_mode(tmp_path / "agent.zip", "relative") == "relative"
     absolute = make_agent(_env(trained, mnist5k_splits, cost="macs"), AgentConfig(), num_units=6)
     absolute.save(tmp_path / "absolute.zip")
-    with pytest.raises(CheckpointError, match="trained with --actions absolute; drop --actions"):
-        agent_action_mode(tmp_path / "absolute.zip", "relative")
+    assert agent_action_mode(tmp_path / "absolute.zip", "relative") == "absolute"  # the default
+    with pytest.raises(CheckpointError, match="trained with --actions relative; drop --actions"):
+        agent_action_mode(tmp_path / "agent.zip", "absolute")
     with pytest.raises(RlpruneError, match="unknown action mode"):
         PruningEnvConfig(actions="sideways")
