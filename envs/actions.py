@@ -51,6 +51,25 @@ def relative_action_to_ratio(action: float, centre: float, lo: float, hi: float)
     return c + a * (hi - c) if a >= 0.0 else c + a * (c - lo)
 
 
+def absolute_ratio_to_action(pruning_ratio: float, lo: float, hi: float) -> float:
+    """The action :func:`absolute_action_to_ratio` maps to ``pruning_ratio`` (clipped to [-1, 1])."""
+    return min(max(2.0 * (float(pruning_ratio) - lo) / (hi - lo) - 1.0, -1.0), 1.0)
+
+
+def relative_ratio_to_action(pruning_ratio: float, centre: float, lo: float, hi: float) -> float:
+    """The action :func:`relative_action_to_ratio` maps to ``pruning_ratio`` (clipped to [-1, 1]).
+
+    0 where a side of the piecewise-linear map is empty (the centre at ``lo`` or ``hi``).
+    """
+    r = float(pruning_ratio)
+    c = min(max(float(centre), lo), hi)
+    if r >= c:
+        a = (r - c) / (hi - c) if hi > c else 0.0
+    else:
+        a = (r - c) / (c - lo) if c > lo else 0.0
+    return min(max(a, -1.0), 1.0)
+
+
 def remaining_uniform_ratio(
     cost_model: CostModel,
     decided: Sequence[float],

@@ -246,16 +246,17 @@ def project_to_target(
 def run_strategy(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> dict[str, Any]:
     """Plays ``strategy`` as one episode of the env; the info of its last step.
 
-    Each unit's action is the one the env maps to the strategy's pruning ratio. The action wall
+    Each unit's action is the one the env maps to the strategy's pruning ratio at that step
+    (:meth:`ChannelPruningEnv.pruning_ratio_to_action`, whatever its action mode). The action wall
     raises a pruning ratio only if the strategy's estimated cost misses the target, so a strategy
     from :func:`project_to_target` is played as it is, and the env calibrates its latency estimate
     with the measured result as it does for the agent's episodes.
     """
-    lo, hi = env.config.min_pruning_ratio, env.config.max_pruning_ratio
+    lo = env.config.min_pruning_ratio
     env.reset()
     for unit in env.units:
         pruning_ratio = float(strategy.get(unit.name, lo))
-        action = np.array([2.0 * (pruning_ratio - lo) / (hi - lo) - 1.0], dtype=np.float32)
+        action = np.array([env.pruning_ratio_to_action(pruning_ratio)], dtype=np.float32)
         _, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return info

@@ -16,8 +16,10 @@ from torch.utils.data import TensorDataset
 
 from envs.actions import (
     absolute_action_to_ratio,
+    absolute_ratio_to_action,
     check_action_mode,
     relative_action_to_ratio,
+    relative_ratio_to_action,
     remaining_uniform_ratio,
 )
 from envs.budget import check_reachable, required_pruning_ratio
@@ -415,6 +417,14 @@ class ChannelPruningEnv(gym.Env):
         if self.config.actions == "relative":
             return relative_action_to_ratio(action, self._centre, lo, hi)
         return absolute_action_to_ratio(action, lo, hi)
+
+    def pruning_ratio_to_action(self, pruning_ratio: float) -> float:
+        """The action that gives the current unit ``pruning_ratio`` (the inverse of
+        :meth:`action_to_pruning_ratio` at this step; clipped to the reachable range)."""
+        lo, hi = self.config.min_pruning_ratio, self.config.max_pruning_ratio
+        if self.config.actions == "relative":
+            return relative_ratio_to_action(pruning_ratio, self._centre, lo, hi)
+        return absolute_ratio_to_action(pruning_ratio, lo, hi)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if len(self._keep) >= self.num_units:

@@ -4,8 +4,10 @@ import pytest
 
 from envs.actions import (
     absolute_action_to_ratio,
+    absolute_ratio_to_action,
     check_action_mode,
     relative_action_to_ratio,
+    relative_ratio_to_action,
     remaining_uniform_ratio,
 )
 from models.errors import RlpruneError
@@ -62,3 +64,19 @@ def test_unknown_action_mode_is_one_line_error():
     assert check_action_mode("relative") == "relative"
     with pytest.raises(RlpruneError, match="unknown action mode 'relativ'"):
         check_action_mode("relativ")
+
+
+def test_ratio_to_action_inverts_both_mappings():
+    # By hand: absolute [0.1, 0.8]: 0.45 is the middle (0), 0.8 the top (1).
+    assert absolute_ratio_to_action(0.45, 0.1, 0.8) == pytest.approx(0.0)
+    assert absolute_ratio_to_action(0.8, 0.1, 0.8) == pytest.approx(1.0)
+    # Relative, centre 0.6 in [0, 0.8]: 0.3 is halfway down (-0.5), 0.7 halfway up (0.5).
+    assert relative_ratio_to_action(0.3, 0.6, 0.0, 0.8) == pytest.approx(-0.5)
+    assert relative_ratio_to_action(0.7, 0.6, 0.0, 0.8) == pytest.approx(0.5)
+    assert relative_ratio_to_action(0.7, 0.8, 0.0, 0.8) == pytest.approx(-0.125)
+    assert relative_ratio_to_action(0.8, 0.8, 0.0, 0.8) == 0.0  # empty upper side
+    for ratio in (0.0, 0.13, 0.6, 0.79):
+        a = relative_ratio_to_action(ratio, 0.6, 0.0, 0.8)
+        assert relative_action_to_ratio(a, 0.6, 0.0, 0.8) == pytest.approx(ratio)
+        b = absolute_ratio_to_action(ratio, 0.0, 0.8)
+        assert absolute_action_to_ratio(b, 0.0, 0.8) == pytest.approx(ratio)
