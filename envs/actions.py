@@ -52,7 +52,7 @@ def relative_action_to_ratio(action: float, centre: float, lo: float, hi: float)
 
 
 def absolute_ratio_to_action(pruning_ratio: float, lo: float, hi: float) -> float:
-    """The action :func:`absolute_action_to_ratio` maps to ``pruning_ratio`` (clipped to [-1, 1])."""
+    """The action :func:`absolute_action_to_ratio` maps to ``pruning_ratio`` (clipped, [-1, 1])."""
     return min(max(2.0 * (float(pruning_ratio) - lo) / (hi - lo) - 1.0, -1.0), 1.0)
 
 
