@@ -19,13 +19,12 @@ All functions are pure; the cost model is ``keep -> cost`` as in :mod:`envs.budg
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from envs.budget import CostModel, smallest_meeting
 from models.errors import RlpruneError
 
 ACTION_MODES = ("absolute", "relative")
-
-CostModel = Callable[[Sequence[float]], float]
 
 
 def check_action_mode(mode: str) -> str:
@@ -101,15 +100,4 @@ def remaining_uniform_ratio(
     def cost_at(ratio: float) -> float:
         return cost_model([*decided, *([1.0 - ratio] * (num_units - t))])
 
-    if cost_at(0.0) <= target_cost:
-        return 0.0
-    if cost_at(max_pruning_ratio) > target_cost:
-        return max_pruning_ratio
-    lo, hi = 0.0, max_pruning_ratio
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if cost_at(mid) <= target_cost:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return smallest_meeting(cost_at, target_cost, max_pruning_ratio, tol)

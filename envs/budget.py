@@ -46,6 +46,15 @@ def required_pruning_ratio(
     def cost_at(pruning_ratio: float) -> float:
         return cost_model([*decided, 1.0 - pruning_ratio, *rest])
 
+    return smallest_meeting(cost_at, target_cost, max_pruning_ratio, tol)
+
+
+def smallest_meeting(
+    cost_at: Callable[[float], float], target_cost: float, max_pruning_ratio: float, tol: float
+) -> float:
+    """Smallest pruning ratio in ``[0, max_pruning_ratio]`` whose ``cost_at`` is at most
+    ``target_cost``, by bisection (``cost_at`` must not increase with the ratio); 0 when no
+    pruning already meets it, ``max_pruning_ratio`` when even that does not."""
     if cost_at(0.0) <= target_cost:
         return 0.0
     if cost_at(max_pruning_ratio) > target_cost:
