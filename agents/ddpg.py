@@ -362,24 +362,26 @@ def saved_features(path: str | Path) -> list[str] | None:
     return getattr(load_agent(path), "observation_features", None)
 
 
-def saved_action_mode(path: str | Path) -> str:
-    """How the actions of the agent saved at ``path`` became pruning ratios (``--actions``)."""
-    return getattr(load_agent(path), "action_mode", "absolute")
-
-
-def agent_action_mode(path: str | Path, asked: str) -> str:
-    """The action mode to play the agent at ``path`` with: its own.
+def agent_env_settings(
+    path: str | Path, features: str | None, asked_actions: str
+) -> tuple[str | None, str]:
+    """How to build the env the agent at ``path`` plays in, from one load of the file: the
+    observation features it was trained on (unless ``features`` is given) and its own action mode.
 
     Raises:
-        CheckpointError: ``asked`` (the ``--actions`` given) is not the default and differs.
+        CheckpointError: ``asked_actions`` (the ``--actions`` given) is not the default and
+            differs from the agent's mode.
     """
-    mode = saved_action_mode(path)
-    if asked != mode and asked != PruningEnvConfig.actions:
+    agent = load_agent(path)
+    if features is None:
+        features = ",".join(agent.observation_features) if agent.observation_features else None
+    mode = agent.action_mode
+    if asked_actions != mode and asked_actions != PruningEnvConfig.actions:
         raise CheckpointError(
-            f"{path} was trained with --actions {mode}; drop --actions {asked} (an agent is "
-            "played the way it was trained)"
+            f"{path} was trained with --actions {mode}; drop --actions {asked_actions} (an agent "
+            "is played the way it was trained)"
         )
-    return mode
+    return features, mode
 
 
 def check_observation(agent: AMCDDPG, env: gym.Env, path: str | Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 import torch
 
-from agents.ddpg import agent_action_mode, load_agent, saved_features
+from agents.ddpg import agent_env_settings, load_agent
 from agents.finalize import (
     compare_with_uniform,
     make_recipe,
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise_sigma <= 0:
         raise RlpruneError(f"--noise-sigma must be > 0, got {args.noise_sigma}")
     common.check_writable_dir(args.output_dir, "--output-dir")
-    if settings.get("features") is None:  # observe what the agent was trained on
-        features = saved_features(agent_path)
-        settings["features"] = ",".join(features) if features else None
-    settings["actions"] = agent_action_mode(agent_path, settings["actions"])
+    # observe what the agent was trained on and act the way it was trained
+    settings["features"], settings["actions"] = agent_env_settings(
+        agent_path, settings.get("features"), settings["actions"]
+    )
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)

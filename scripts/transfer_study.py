@@ -32,7 +32,7 @@ from typing import Any
 import common
 import torch
 
-from agents.ddpg import agent_action_mode, load_agent, saved_features
+from agents.ddpg import agent_env_settings, load_agent
 from agents.evaluation import FineTuneConfig, compare_strategies
 from agents.methods import SearchSettings, agent_search, run_method
 from agents.pretrained import default_agent
@@ -218,10 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         path, entry = default_agent()
         args.agent = str(path)
         print(f"agent: the shipped {entry['name']} (trained on {','.join(entry['models'])})")
-    if args.features is None:  # observe what the agent was trained on
-        features = saved_features(args.agent)
-        args.features = ",".join(features) if features else None
-    args.actions = agent_action_mode(args.agent, args.actions)
+    # observe what the agent was trained on and act the way it was trained
+    args.features, args.actions = agent_env_settings(args.agent, args.features, args.actions)
     torch.manual_seed(0)
     device = resolve_device(args.device)
     splits = load_splits(vars(args))

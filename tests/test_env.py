@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import envs
-from agents.ddpg import AgentConfig, agent_action_mode, load_agent, make_agent
+from agents.ddpg import AgentConfig, agent_env_settings, load_agent, make_agent
 from envs.baselines import uniform_for_target
 from envs.features import NUM_FEATURES
 from envs.latency import LatencyConfig
@@ -260,11 +260,13 @@ def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_spl
     with pytest.raises(CheckpointError, match="trained with --actions relative"):
         load_agent(tmp_path / "agent.zip", _env(trained, mnist5k_splits, cost="macs"))
     # apply_agent / transfer_study play an agent in its own mode; another one asked is an error.
-    assert agent_action_mode(tmp_path / "agent.zip", "relative") == "relative"
+    assert agent_env_settings(tmp_path / "agent.zip", None, "relative")[1] == "relative"
     absolute = make_agent(_env(trained, mnist5k_splits, cost="macs"), AgentConfig(), num_units=6)
     absolute.save(tmp_path / "absolute.zip")
-    assert agent_action_mode(tmp_path / "absolute.zip", "relative") == "absolute"  # the default
+    assert (
+        agent_env_settings(tmp_path / "absolute.zip", None, "relative")[1] == "absolute"
+    )  # the default
     with pytest.raises(CheckpointError, match="trained with --actions relative; drop --actions"):
-        agent_action_mode(tmp_path / "agent.zip", "absolute")
+        agent_env_settings(tmp_path / "agent.zip", None, "absolute")
     with pytest.raises(RlpruneError, match="unknown action mode"):
         PruningEnvConfig(actions="sideways")
