@@ -67,8 +67,8 @@ def find_pretrained(
 
     Args:
         train_config: The training settings asked for (``TrainConfig`` as a dict, without
-            ``progress``); None or the defaults accept any shipped model, other settings only
-            a model trained with exactly them.
+            ``progress``); None or the defaults accept any shipped model (the most accurate
+            when several fit), other settings only a model trained with exactly them.
     """
     from models.training import TrainConfig, train_settings  # training imports this module
 
@@ -79,10 +79,9 @@ def find_pretrained(
     if not entries:
         return None  # no fingerprint needed
     fingerprint = data_fingerprint(splits)
-    for entry in entries:
-        if entry["data_fingerprint"] == fingerprint:
-            return entry
-    return None
+    matching = [e for e in entries if e["data_fingerprint"] == fingerprint]
+    # several for the defaults (e.g. a model and its warm restart): the most accurate
+    return max(matching, key=lambda e: e.get("test_acc", 0.0), default=None)
 
 
 def load_pretrained(model: nn.Module, entry: dict[str, Any], root: Path = PRETRAINED_DIR) -> None:

@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16: bfloat16 autocast (about 1.6x faster on CPUs with AVX-512 BF16)",
     )
     parser.add_argument(
+        "--init-from",
+        metavar="PATH",
+        default=None,
+        help="start from this weights file (e.g. a shipped model) instead of random weights: "
+        "a warm restart, another annealed --epochs cycle at peak --lr",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=defaults.seed,
@@ -159,6 +166,7 @@ def train_from_args(
         label_smoothing=args.label_smoothing,
         nesterov=args.nesterov,
         precision=args.precision,
+        init_from=args.init_from,
         progress=not args.no_progress,
     )
     model, info = get_base_model(

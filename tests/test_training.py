@@ -181,3 +181,44 @@ def test_train_base_script_reports_errors_in_one_line(capsys) -> None:
     assert err.count("\n") == 1
     assert script.main(["--list-datasets"]) == 0
     assert "mnist5k" in capsys.readouterr().out
+
+
+def test_warm_start_trains_on_from_the_given_weights(digits_splits, tmp_path: Path) -> None:
+    """--init-from: the cycle starts at the file's weights, keyed by checksum, not path."""
+    first = get_base_model("vgg_small", digits_splits, config=FAST, cache_dir=tmp_path)[0]
+    start = {k: v.clone() for k, v in first.state_dict().items()}
+    weights = tmp_path / "a" / "start.pt"
+    weights.parent.mkdir()
+    torch.save(start, weights)
+    # a learning rate of ~0 leaves the weights where they started: the file's, not seed 0's
+    still = TrainConfig(epochs=1, lr=1e-12, progress=False, init_from=str(weights))
+    model, info = get_base_model("vgg_small", digits_splits, config=still, cache_dir=tmp_path)
+    assert info["source"] == "trained"
+    convs = [k for k, v in start.items() if k.endswith("weight") and v.dim() == 4]
+    assert convs and all(torch.allclose(model.state_dict()[k], start[k]) for k in convs)
+    fresh = _seeded_model("vgg_small", digits_splits)
+    assert not torch.allclose(fresh.state_dict()[convs[0]], start[convs[0]])
+    # the same bytes under another name hit the same cache entry; other bytes do not
+    copy = tmp_path / "b.pt"
+    copy.write_bytes(weights.read_bytes())
+    moved = TrainConfig(epochs=1, lr=1e-12, progress=False, init_from=str(copy))
+    again = get_base_model("vgg_small", digits_splits, config=moved, cache_dir=tmp_path)[1]
+    assert again["source"] == "cache" and again["path"] == info["path"]
+    torch.save(fresh.state_dict(), copy)
+    other = get_base_model("vgg_small", digits_splits, config=moved, cache_dir=tmp_path)[1]
+    assert other["source"] == "trained" and other["path"] != info["path"]
+
+
+def test_warm_start_errors_name_the_file(digits_splits, tmp_path: Path, capsys) -> None:
+    missing = TrainConfig(epochs=1, progress=False, init_from=str(tmp_path / "nope.pt"))
+    with pytest.raises(RlpruneError, match=r"--init-from .*nope\.pt: no such weights file"):
+        get_base_model("vgg_small", digits_splits, config=missing, cache_dir=tmp_path)
+    wrong = tmp_path / "resnet20.pt"
+    torch.save(build_model("resnet20", digits_splits.input_shape, 10).state_dict(), wrong)
+    unfit = TrainConfig(epochs=1, progress=False, init_from=str(wrong))
+    with pytest.raises(RlpruneError, match="does not fit|missing|unexpected"):
+        get_base_model("vgg_small", digits_splits, config=unfit, cache_dir=tmp_path)
+    script = _load_script()
+    assert script.main(["--dataset", "digits", "--init-from", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --init-from") and err.count("\n") == 1
