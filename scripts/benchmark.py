@@ -367,6 +367,7 @@ def run_task_target(
     # Searches in another runtime are other cells (the eager cells keep their old names).
     runtime = "" if args.latency_backend == "torch" else f"_{args.latency_backend}"
     runtime += f"_r{args.round_to}" if args.round_to else ""  # aligned widths: other cells too
+    runtime += "_rec" if args.reconstruct else ""  # another evaluator: other cells
     for method in methods:
         deterministic = method not in SEARCHES
         found = None
@@ -441,7 +442,10 @@ def load_task(
     splits = load_splits(
         {"dataset": dataset, "data_dir": args.data_dir, "max_samples": task.max_samples}
     )
-    cfg = TrainConfig(**dict(task.train), seed=0, progress=not args.no_progress)
+    train = dict(task.train)
+    if train.get("init_from"):  # a warm restart of a shipped model: a repo-relative path
+        train["init_from"] = str(repo_root / train["init_from"])
+    cfg = TrainConfig(**train, seed=0, progress=not args.no_progress)
     model, info = get_base_model(task.model, splits, config=cfg, cache_dir=args.cache_dir)
     if args.reward_samples:  # only now: the base-model cache is keyed on the full splits
         reward = stratified_subset(splits.reward_val, args.reward_samples)

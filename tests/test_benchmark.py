@@ -86,13 +86,14 @@ def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
         "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
         "--warmup", "1", "--fine-tune-epochs", "0", "--latency-repeats", "3",
         "--latency-passes", "1", "--no-progress", "--methods", "uniform,sampled",
-        "--select-top-k", "1", "--round-to", "8", "--output-dir", str(out),
+        "--select-top-k", "1", "--round-to", "8", "--reconstruct", "--output-dir", str(out),
     )  # fmt: skip
     proc = _run(*flags, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # aligned widths and the reconstruction evaluator are other cells than the plain ones
     assert sorted(p.name for p in (out / "cells").iterdir()) == [
-        "tiny_t0.8_sampled_r8_s0.json",
-        "tiny_t0.8_uniform_r8_s0.json",
+        "tiny_t0.8_sampled_r8_rec_s0.json",
+        "tiny_t0.8_uniform_r8_rec_s0.json",
     ]
     import torch
 
