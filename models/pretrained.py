@@ -129,7 +129,9 @@ def ship(
     root.mkdir(parents=True, exist_ok=True)
     tail = "_".join(splits.name.replace(":", "/").split("/")[-2:])  # e.g. cifar10_train
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)
-    file = f"{model_name}-{slug}-{data_fingerprint(splits)[:8]}.pt"
+    # the settings' digest too: a warm restart must not overwrite the weights it started from
+    recipe = hashlib.sha256(json.dumps(train_config, sort_keys=True).encode()).hexdigest()[:6]
+    file = f"{model_name}-{slug}-{data_fingerprint(splits)[:8]}-{recipe}.pt"
     torch_save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, root / file)
     history = info.get("history") or []
     entry = {

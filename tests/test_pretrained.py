@@ -4,6 +4,7 @@ get_base_model instead of training."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,25 @@ def test_ship_base_model_script_writes_a_checked_entry(tmp_path: Path) -> None:
     assert entry["train_config"]["epochs"] == 1
     splits = load_dataset("digits")
     assert find_pretrained("vgg_small", splits, tmp_path / "shipped") == entry
+
+
+def test_a_warm_restart_is_shipped_beside_its_start(shipped, digits_splits, tmp_path) -> None:
+    """Shipping a model trained --init-from a shipped file keeps that file (other name) and the
+    defaults then take the more accurate of the two; exact settings still pick each."""
+    root = tmp_path / "pretrained"  # a copy: the module's fixture stays as it is
+    shutil.copytree(shipped[0], root)
+    first = shipped[2]
+    start = root / first["file"]
+    before = start.read_bytes()
+    restart = TrainConfig(epochs=1, lr=0.01, progress=False, init_from=str(start))
+    better, info = get_base_model(
+        "vgg_small", digits_splits, config=restart, cache_dir=str(tmp_path), shipped_dir=None
+    )
+    info = {**info, "test_acc": first["test_acc"] + 0.01}  # made the more accurate on purpose
+    second = ship(better, "vgg_small", digits_splits, info, "cmd", train_settings(restart), root)
+    assert second["file"] != first["file"] and start.read_bytes() == before
+    assert second["train_config"]["init_from"] == "sha256:" + hashlib.sha256(before).hexdigest()
+    assert find_pretrained("vgg_small", digits_splits, root) == second  # defaults: most accurate
+    exact = train_settings(TrainConfig(epochs=1))
+    assert find_pretrained("vgg_small", digits_splits, root, exact) == first
+    assert find_pretrained("vgg_small", digits_splits, root, train_settings(restart)) == second
