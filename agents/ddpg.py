@@ -13,7 +13,9 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   rest of a longer search re-evaluates one strategy; by default the decay is instead tied to the
   episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
-* **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps).
+* **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps); with
+  relative actions the first episode plays action 0 throughout, i.e. uniform pruning, so the rule
+  is a candidate of every fresh search (:meth:`AMCDDPG._uniform_episode`).
 
 With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
 every env, the envs' episodes end together (one network: every episode has its number of units),
@@ -237,10 +239,11 @@ class AMCDDPG(DDPG):
         self.features_version: int | None = None
         self.action_mode: str = "absolute"
         self._warmup_actions: list[np.ndarray] = []
+        self.uniform_first_steps = 0  # see _uniform_episode
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_warmup_actions"]
+        return [*super()._excluded_save_params(), "_warmup_actions", "uniform_first_steps"]
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         update_learning_rate(self.actor.optimizer, self.actor_lr)
@@ -252,6 +255,9 @@ class AMCDDPG(DDPG):
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         noise = action_noise.base_noise if isinstance(action_noise, SharedNoise) else action_noise
+        if n_envs == 1 and self._uniform_episode():
+            scaled = np.zeros((1, *self.action_space.shape), dtype=np.float32)
+            return self.policy.unscale_action(scaled), scaled
         if self.num_timesteps < learning_starts and n_envs > 1:
             return self._warmup_action(noise, n_envs)
         if self.num_timesteps < learning_starts or not isinstance(
@@ -274,10 +280,29 @@ class AMCDDPG(DDPG):
         """
         steps = self.train_freq.frequency
         if (self.num_timesteps // n_envs) % steps == 0:
-            episodes = [[self._random_action(noise) for _ in range(steps)] for _ in range(n_envs)]
+            # the first env's first episode is uniform pruning, drawing nothing (as one env's)
+            uniform = self.num_timesteps == 0 and self._uniform_episode()
+            shape = self.action_space.shape
+            episodes = [[np.zeros(shape, dtype=np.float32)] * steps] if uniform else []
+            episodes += [
+                [self._random_action(noise) for _ in range(steps)]
+                for _ in range(n_envs - len(episodes))
+            ]
             self._warmup_actions = [np.stack(step) for step in zip(*episodes, strict=True)]
         scaled = self._warmup_actions.pop(0)
         return self.policy.unscale_action(scaled), scaled
+
+    def _uniform_episode(self) -> bool:
+        """Whether this step belongs to the first episode of a fresh agent with relative actions.
+
+        That episode plays action 0 at every step, i.e. uniform pruning at the target
+        (:mod:`envs.actions`): the rule is then a candidate of every search (and of its final
+        selection) and a transition in the replay buffer, as the first candidate of the sampled
+        and TPE searches is (:func:`envs.baselines.sampled_search`). :func:`make_agent` sets
+        ``uniform_first_steps`` to the episode's length; loaded agents (not saved with it) and
+        resumed searches (their step count goes on) start as they are.
+        """
+        return self.action_mode == "relative" and self.num_timesteps < self.uniform_first_steps
 
     def _random_action(self, noise: ActionNoise | None) -> np.ndarray:
         """One warm-up action as SB3 draws it: uniform, plus the noise, clipped (scaled units)."""
@@ -325,6 +350,7 @@ def make_agent(
         device=config.device,
         verbose=verbose,
     )
+    agent.uniform_first_steps = num_units
     agent.observation_features = list(feature_names(env) or ()) or None
     agent.features_version = FEATURES_VERSION
     agent.action_mode = env_action_mode(env) or "absolute"

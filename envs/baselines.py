@@ -297,7 +297,10 @@ def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict
 
     Each candidate draws one propensity per unit uniformly from (0, 1] and is projected onto
     the target (:func:`project_to_target`), then played as an episode (:func:`run_strategy`):
-    BN recalibration, reward-split accuracy and measured latency as for the agent.
+    BN recalibration, reward-split accuracy and measured latency as for the agent. The first
+    candidate is uniform pruning (equal propensities), as every search here starts from it
+    (:data:`UNIFORM_FIRST`): a search then delivers less than the rule only where its final
+    selection judges the rule worse.
 
     Returns:
         Like :func:`random_search`.
@@ -305,6 +308,8 @@ def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
 
     def play(episode: int) -> dict[str, Any]:
+        if episode == 0:
+            return run_strategy(env, project_to_target(env, np.ones(env.num_units)))
         propensity = 1.0 - rng.random(env.num_units)  # (0, 1]
         return run_strategy(env, project_to_target(env, propensity))
 
@@ -314,8 +319,9 @@ def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict
 def tpe_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
     """Optuna TPE over the per-unit propensities of :func:`project_to_target`.
 
-    The first ``max(10, episodes // 10)`` candidates are random (TPE's start-up), the rest are
-    proposed from the rewards so far. Needs ``optuna`` (``pip install -e ".[search]"``).
+    The first candidate is uniform pruning (equal propensities, enqueued), the next
+    ``max(10, episodes // 10)`` are random (TPE's start-up), the rest are proposed from the
+    rewards so far. Needs ``optuna`` (``pip install -e ".[search]"``).
 
     Returns:
         Like :func:`random_search`.
@@ -332,6 +338,7 @@ def tpe_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(10, episodes // 10))
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({f"p{i}": 1.0 for i in range(env.num_units)})  # uniform pruning first
     trials: dict[int, Any] = {}
 
     def play(episode: int) -> dict[str, Any]:

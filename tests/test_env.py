@@ -251,6 +251,33 @@ def test_relative_actions_redistribute_what_a_unit_spares(trained, mnist5k_split
         assert _episode(env, actions)[2][-1]["relative_macs"] <= 0.5 * (1 + TARGET_TOLERANCE)
 
 
+@pytest.mark.parametrize("actions", ["relative", "absolute"])
+def test_a_fresh_relative_agent_starts_with_uniform_pruning(
+    trained, mnist5k_splits, tmp_path, actions
+):
+    """Relative actions: the first episode is the uniform pruning uniform_for_target bisects,
+    the next ones are the random warm-up; AMC's absolute actions have no such anchor."""
+    from agents.methods import SearchSettings, agent_search
+
+    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions=actions)
+    played, step = [], env.step
+
+    def recording_step(action):
+        out = step(action)
+        played.append(out[4]["pruning_ratio"])
+        return out
+
+    env.step = recording_step
+    agent_search(env, SearchSettings(3, 0, 3, tmp_path / actions, progress=False))
+    first, second = played[: env.num_units], played[env.num_units : 2 * env.num_units]
+    uniform = uniform_for_target(env, 0.5)["uniform_pruning_ratio"]
+    if actions == "relative":
+        assert max(first) - min(first) < 0.03 and first[0] == pytest.approx(uniform, abs=0.02)
+        assert max(second) - min(second) > 0.1  # then random
+    else:
+        assert max(first) - min(first) > 0.1
+
+
 def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_splits, tmp_path):
     relative = _env(trained, mnist5k_splits, cost="macs", actions="relative")
     agent = make_agent(relative, AgentConfig(episodes=4, warmup_episodes=2), num_units=6)

@@ -7,6 +7,7 @@ from fakes import MacsLatency
 
 from envs.baselines import (
     project_to_target,
+    uniform_for_target,
     run_strategy,
     sampled_search,
     tpe_search,
@@ -61,8 +62,28 @@ def test_sampled_search_candidates_are_random_and_on_target(model, digits_splits
     rows = result["history"]
     assert len(rows) == 8 and result["reward"] == max(r["reward"] for r in rows)
     assert all(0.45 < r["relative_macs"] <= 0.5 + 1e-9 for r in rows)
-    assert len({round(r, 3) for r in result["strategy"].values()}) > 2  # not a uniform strategy
     assert result["strategy"] != sampled_search(_env(model, digits_splits), 8, seed=2)["strategy"]
+
+
+@pytest.mark.parametrize("search", [sampled_search, tpe_search])
+def test_whole_strategy_searches_start_with_uniform_pruning(model, digits_splits, search):
+    """The first candidate is one pruning ratio for every unit, the one uniform_for_target
+    bisects on the measured cost; the next ones are random."""
+    env = _env(model, digits_splits)
+    played, step = [], env.step
+
+    def recording_step(action):
+        out = step(action)
+        played.append(out[4]["pruning_ratio"])
+        return out
+
+    env.step = recording_step
+    search(env, episodes=3, seed=0)
+    n = env.num_units
+    played = [played[k * n : (k + 1) * n] for k in range(len(played) // n)]
+    uniform = uniform_for_target(env, 0.5)["uniform_pruning_ratio"]
+    assert played[0] == pytest.approx([uniform] * env.num_units, abs=0.02)
+    assert max(played[1]) - min(played[1]) > 0.1
 
 
 def test_tpe_search_is_seeded_and_returns_the_best(model, digits_splits):
