@@ -298,9 +298,8 @@ def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict
     Each candidate draws one propensity per unit uniformly from (0, 1] and is projected onto
     the target (:func:`project_to_target`), then played as an episode (:func:`run_strategy`):
     BN recalibration, reward-split accuracy and measured latency as for the agent. The first
-    candidate is uniform pruning (equal propensities), as every search here starts from it
-    (:data:`UNIFORM_FIRST`): a search then delivers less than the rule only where its final
-    selection judges the rule worse.
+    candidate is uniform pruning by the env's cost estimate (equal propensities), as the
+    agent's first episode is (:meth:`agents.ddpg.AMCDDPG._uniform_episode`).
 
     Returns:
         Like :func:`random_search`.
@@ -319,7 +318,7 @@ def sampled_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict
 def tpe_search(env: ChannelPruningEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
     """Optuna TPE over the per-unit propensities of :func:`project_to_target`.
 
-    The first candidate is uniform pruning (equal propensities, enqueued), the next
+    The first candidate is uniform pruning by the cost estimate (equal propensities), the next
     ``max(10, episodes // 10)`` are random (TPE's start-up), the rest are proposed from the
     rewards so far. Needs ``optuna`` (``pip install -e ".[search]"``).
 
