@@ -11,7 +11,7 @@ from agents.selection import (
     strategy_of,
     top_results,
 )
-from envs.baselines import sampled_search
+from envs.baselines import random_search, sampled_search, uniform_for_target
 from envs.pruning import count_cost, recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.training import evaluate, fine_tune
@@ -44,14 +44,14 @@ def test_top_results_are_distinct_best_first_and_on_target(searched) -> None:
 
 def test_top_1_selection_is_the_search_best(searched, digits_splits) -> None:
     env, result = searched
-    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1))
+    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False))
     assert chosen["kept_channels"] == result["kept_channels"]
     assert env.pruner.kept_channels(chosen["strategy"]) == result["kept_channels"]
 
 
 def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> None:
     env, _ = searched
-    config = SelectionConfig(top_k=3, fine_tune_steps=5, seed=1)
+    config = SelectionConfig(top_k=3, fine_tune_steps=5, seed=1, rule_candidate=False)
     chosen = select_strategy(env, digits_splits.train, config)
     scores = [c["selection_score"] for c in chosen["candidates"]]
     assert [c["search_rank"] for c in chosen["candidates"]] == [0, 1, 2]
@@ -96,7 +96,7 @@ def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, dig
     top = top_results(env, 4)
     # The search's best and third best time at twice their relative MACs: over 0.5 * 1.05.
     timer = macs_timer({0: 2.0, 2: 2.0})
-    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=4)
+    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=4, rule_candidate=False)
     chosen = select_strategy(env, digits_splits.train, config, timer=timer)
     assert timer.calls == [["original", "c0", "c1", "c2", "c3"]]  # the pool, with the original
     assert [c["search_rank"] for c in chosen["candidates"]] == [1, 3]
@@ -112,7 +112,7 @@ def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, dig
 def test_retiming_delivers_the_fastest_when_none_is_within(searched_latency, digits_splits):
     env = searched_latency
     slow = {0: 3.0, 1: 1.5, 2: 4.0}  # every candidate over budget; c1 is the least slow
-    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=3)
+    config = SelectionConfig(top_k=2, fine_tune_steps=0, retime_pool=3, rule_candidate=False)
     with pytest.warns(UserWarning, match="none of the search's 3 best"):
         chosen = select_strategy(env, digits_splits.train, config, timer=macs_timer(slow))
     assert chosen["search_rank"] == 1
@@ -122,6 +122,29 @@ def test_retiming_delivers_the_fastest_when_none_is_within(searched_latency, dig
 def test_no_retiming_under_a_macs_target(searched, digits_splits) -> None:
     env, result = searched
     timer = macs_timer({0: 10.0})
-    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1), timer=timer)
+    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False), timer=timer)
     assert timer.calls == []
     assert chosen["kept_channels"] == result["kept_channels"]
+
+
+@pytest.mark.parametrize("rule_candidate", [True, False])
+def test_uniform_pruning_competes_in_the_final_selection(
+    digits_splits, digits_vgg_small, rule_candidate
+) -> None:
+    """The rule's architecture (uniform pruning bisected on the measured cost, found here in a
+    separate env) is among the re-scored candidates only with ``rule_candidate``."""
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
+    make = lambda: ChannelPruningEnv(  # noqa: E731
+        digits_vgg_small, digits_splits.train, digits_splits.reward_val, cfg,
+        latency=MacsLatency(digits_vgg_small, digits_splits.input_shape),
+    )  # fmt: skip
+    rule = uniform_for_target(make())["kept_channels"]
+    env = make()
+    random_search(env, episodes=3, seed=0)  # per-unit random actions: never uniform
+    assert rule not in [r["kept_channels"] for r in env.evaluated_results()]
+    before = len(top_results(env, 10))
+    config = SelectionConfig(top_k=10, fine_tune_steps=0, rule_candidate=rule_candidate)
+    chosen = select_strategy(env, digits_splits.train, config)
+    kept = [c["kept_channels"] for c in chosen["candidates"]]
+    assert (rule in kept) is rule_candidate
+    assert len(kept) == before + rule_candidate
