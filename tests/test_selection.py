@@ -44,7 +44,9 @@ def test_top_results_are_distinct_best_first_and_on_target(searched) -> None:
 
 def test_top_1_selection_is_the_search_best(searched, digits_splits) -> None:
     env, result = searched
-    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False))
+    chosen = select_strategy(
+        env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False)
+    )
     assert chosen["kept_channels"] == result["kept_channels"]
     assert env.pruner.kept_channels(chosen["strategy"]) == result["kept_channels"]
 
@@ -122,7 +124,9 @@ def test_retiming_delivers_the_fastest_when_none_is_within(searched_latency, dig
 def test_no_retiming_under_a_macs_target(searched, digits_splits) -> None:
     env, result = searched
     timer = macs_timer({0: 10.0})
-    chosen = select_strategy(env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False), timer=timer)
+    chosen = select_strategy(
+        env, digits_splits.train, SelectionConfig(top_k=1, rule_candidate=False), timer=timer
+    )
     assert timer.calls == []
     assert chosen["kept_channels"] == result["kept_channels"]
 
