@@ -300,9 +300,10 @@ class AMCDDPG(DDPG):
         the replay buffer, as the first candidate of the sampled and TPE searches is
         (:func:`envs.baselines.sampled_search`). With aligned widths (``round_to``) and a latency
         target it can prune more than :func:`envs.baselines.uniform_for_target`, which bisects
-        on the measured cost (CIFAR resnet20, round-to 8: 0.22 vs 0.25 of the MACs). :func:`make_agent` sets
-        ``uniform_first_steps`` to the episode's length; loaded agents (not saved with it) and
-        resumed searches (their step count goes on) start as they are.
+        on the measured cost (CIFAR resnet20, round-to 8: 0.22 vs 0.25 of the MACs), so the
+        final selection also scores that rule (:class:`agents.selection.SelectionConfig`).
+        :func:`make_agent` sets ``uniform_first_steps`` to the episode's length; loaded agents
+        (not saved with it) and resumed searches (their step count goes on) start as they are.
         """
         return self.action_mode == "relative" and self.num_timesteps < self.uniform_first_steps
 

@@ -7,10 +7,10 @@ from fakes import MacsLatency
 
 from envs.baselines import (
     project_to_target,
-    uniform_for_target,
     run_strategy,
     sampled_search,
     tpe_search,
+    uniform_for_target,
 )
 from envs.pruning import count_cost
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
