@@ -99,3 +99,20 @@ class CurveLatency:
 
 def _layer(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d | nn.Linear)
+
+
+def record_episodes(env) -> list[list[float]]:
+    """Wraps ``env.step`` (on this instance) to record the pruning ratio of every step; returns
+    the list that fills with one list of ratios per finished episode (a spy, not a stand-in)."""
+    episodes: list[list[float]] = [[]]
+    step = env.step
+
+    def recording_step(action):
+        out = step(action)
+        episodes[-1].append(out[4]["pruning_ratio"])
+        if out[2] or out[3]:  # terminated or truncated
+            episodes.append([])
+        return out
+
+    env.step = recording_step
+    return episodes

@@ -6,7 +6,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from fakes import CurveLatency, MacsLatency, SlowConv, Wait
+from fakes import CurveLatency, MacsLatency, SlowConv, Wait, record_episodes
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
@@ -260,16 +260,9 @@ def test_a_fresh_relative_agent_starts_with_uniform_pruning(
     from agents.methods import SearchSettings, agent_search
 
     env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions=actions)
-    played, step = [], env.step
-
-    def recording_step(action):
-        out = step(action)
-        played.append(out[4]["pruning_ratio"])
-        return out
-
-    env.step = recording_step
+    played = record_episodes(env)
     agent_search(env, SearchSettings(3, 0, 3, tmp_path / actions, progress=False))
-    first, second = played[: env.num_units], played[env.num_units : 2 * env.num_units]
+    first, second = played[0], played[1]
     uniform = uniform_for_target(env, 0.5)["uniform_pruning_ratio"]
     if actions == "relative":
         assert max(first) - min(first) < 0.03 and first[0] == pytest.approx(uniform, abs=0.02)

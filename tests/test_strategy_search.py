@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fakes import MacsLatency
+from fakes import MacsLatency, record_episodes
 
 from envs.baselines import (
     project_to_target,
@@ -70,17 +70,8 @@ def test_whole_strategy_searches_start_with_uniform_pruning(model, digits_splits
     """The first candidate is one pruning ratio for every unit, the one uniform_for_target
     bisects on the measured cost; the next ones are random."""
     env = _env(model, digits_splits)
-    played, step = [], env.step
-
-    def recording_step(action):
-        out = step(action)
-        played.append(out[4]["pruning_ratio"])
-        return out
-
-    env.step = recording_step
+    played = record_episodes(env)
     search(env, episodes=3, seed=0)
-    n = env.num_units
-    played = [played[k * n : (k + 1) * n] for k in range(len(played) // n)]
     uniform = uniform_for_target(env, 0.5)["uniform_pruning_ratio"]
     assert played[0] == pytest.approx([uniform] * env.num_units, abs=0.02)
     assert max(played[1]) - min(played[1]) > 0.1
