@@ -14,8 +14,8 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps); with
-  relative actions the first episode plays action 0 throughout, i.e. uniform pruning, so the rule
-  is a candidate of every fresh search (:meth:`AMCDDPG._uniform_episode`).
+  relative actions a fresh agent's first episode plays action 0 throughout, uniform pruning by the
+  env's cost estimate (:meth:`AMCDDPG._uniform_episode`).
 
 With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
 every env, the envs' episodes end together (one network: every episode has its number of units),

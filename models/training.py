@@ -359,8 +359,6 @@ def get_base_model(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = root / "base_models" / f"{_slug(model_name)}-{_slug(splits.name)}-{digest}.pt"
     model = _build_seeded(model_name, splits, config.seed)
-    if config.init_from is not None:
-        model = _warm_start(model_name, splits, config.init_from)
     if path.is_file() and not retrain:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -375,8 +373,6 @@ def get_base_model(
         except Exception as err:  # any unreadable or mismatching file: train afresh
             warnings.warn(f"retraining: checkpoint {path} is unreadable ({err})", stacklevel=2)
             model = _build_seeded(model_name, splits, config.seed)
-            if config.init_from is not None:
-                model = _warm_start(model_name, splits, config.init_from)
     entry = None
     if shipped_dir is not None and not retrain:
         entry = find_pretrained(model_name, splits, shipped_dir, train_settings(config))
@@ -391,6 +387,8 @@ def get_base_model(
             "cached": True,
             "source": "shipped",
         }
+    if config.init_from is not None:  # only when training: a cache hit needs no start weights
+        model = _warm_start(model_name, splits, config.init_from)
     start = time.perf_counter()
     history = train_model(model, splits.train, config, device, splits.reward_val, model_name)
     info = {
