@@ -14,8 +14,8 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps); with
-  relative actions a fresh agent's first episode plays action 0 throughout, uniform pruning by the
-  env's cost estimate (:meth:`AMCDDPG._uniform_episode`).
+  relative actions a fresh agent's first episode plays action 0 throughout: uniform pruning at the
+  target as measured, with the env's anchor (:meth:`AMCDDPG._uniform_episode`).
 
 With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
 every env, the envs' episodes end together (one network: every episode has its number of units),
@@ -295,13 +295,14 @@ class AMCDDPG(DDPG):
     def _uniform_episode(self) -> bool:
         """Whether this step belongs to the first episode of a fresh agent with relative actions.
 
-        That episode plays action 0 at every step, i.e. uniform pruning at the target by the
-        env's cost estimate (:mod:`envs.actions`): a candidate of the search and a transition in
-        the replay buffer, as the first candidate of the sampled and TPE searches is
-        (:func:`envs.baselines.sampled_search`). With aligned widths (``round_to``) and a latency
-        target it can prune more than :func:`envs.baselines.uniform_for_target`, which bisects
-        on the measured cost (CIFAR resnet20, round-to 8: 0.22 vs 0.25 of the MACs), so the
-        final selection also scores that rule (:class:`agents.selection.SelectionConfig`).
+        That episode plays action 0 at every step (:mod:`envs.actions`): with the env's anchor
+        (``PruningEnvConfig.anchor``, the default) exactly
+        :func:`envs.baselines.uniform_for_target`, uniform pruning bisected on the measured
+        cost; without it, uniform pruning by the env's
+        cost estimate, which with aligned widths (``round_to``) and a latency target can prune
+        more (CIFAR resnet20, round-to 8: 0.22 vs 0.25 of the MACs). It is a candidate of the
+        search and a transition in the replay buffer, as the first candidate of the sampled and
+        TPE searches is (:func:`envs.baselines.sampled_search`).
         :func:`make_agent` sets ``uniform_first_steps`` to the episode's length; loaded agents
         (not saved with it) and resumed searches (their step count goes on) start as they are.
         """

@@ -63,6 +63,8 @@ def make_vec_env(env: ChannelPruningEnv, n_envs: int, *, ray_address: str | None
     if n_envs < 1:
         raise RlpruneError(f"--envs must be >= 1, got {n_envs}")
     threads = max(1, (os.cpu_count() or 1) // n_envs)  # the workers share the cores
+    for one in getattr(env, "envs", [env]):  # one measured anchor, shared by every copy
+        one.ensure_anchor()
     if ray_address is not None:
         return RayVecEnv(env, n_envs, ray_address, threads)
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"

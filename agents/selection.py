@@ -12,7 +12,10 @@ policy. Uniform pruning at the target (the rule, bisected on the measured cost) 
 the same results first and competes for the top-k like any architecture the search found
 (``SelectionConfig.rule_candidate``): at heavy pruning few strategies beat it (CIFAR resnet20 at
 0.25 of the MACs: uniform ranked 1st of 31 random strategies after fine-tuning), and a search
-that did not find one of them should deliver the rule, not its own best.
+that did not find one of them should deliver the rule, not its own best. The rule is also the
+incumbent of the re-scoring (``SelectionConfig.rule_margin``): a candidate replaces it only when
+its score is higher by more than the paired standard error of the difference (McNemar, on the
+images where the two disagree), because the re-score of strategies this close is noisy.
 
 With a latency target the candidates are first timed again with the reporting protocol
 (:func:`envs.latency.compare_latency`: interleaved with the original, every repeat, best of
@@ -23,11 +26,13 @@ delivered 0.55 at target 0.5), and a model over its latency budget is not a deli
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -35,7 +40,7 @@ from envs.baselines import uniform_for_target
 from envs.latency import compare_latency, reporting_config
 from envs.pruning_env import ChannelPruningEnv
 from models.data import stratified_subset
-from models.training import evaluate, fine_tune
+from models.training import correct_predictions, fine_tune
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ class SelectionConfig:
             the env's results, so the rule competes for the top-k by its reward like any
             architecture the search found: a search then delivers less than the rule only where
             the re-scoring judges it worse.
+        rule_margin: When the rule is among the re-scored candidates, the best of the others
+            replaces it only if its score is higher by more than ``rule_margin`` standard errors
+            of the paired difference (:func:`beats`); 0: the higher score wins.
     """
 
     top_k: int = 5
@@ -70,6 +78,7 @@ class SelectionConfig:
     retime_pool: int = 10
     latency_passes: int = 3
     rule_candidate: bool = True
+    rule_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if (
@@ -78,11 +87,13 @@ class SelectionConfig:
             or self.lr <= 0
             or self.tolerance < 0
             or self.latency_passes < 1
+            or self.rule_margin < 0
         ):
             raise ValueError(
-                f"selection needs top_k >= 1, fine_tune_steps >= 0, lr > 0, tolerance >= 0 and "
-                f"latency_passes >= 1, got {self.top_k}, {self.fine_tune_steps}, {self.lr}, "
-                f"{self.tolerance}, {self.latency_passes}"
+                f"selection needs top_k >= 1, fine_tune_steps >= 0, lr > 0, tolerance >= 0, "
+                f"latency_passes >= 1 and rule_margin >= 0, got {self.top_k}, "
+                f"{self.fine_tune_steps}, {self.lr}, {self.tolerance}, {self.latency_passes}, "
+                f"{self.rule_margin}"
             )
 
 
@@ -166,12 +177,14 @@ def select_strategy(
     Returns:
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
-        reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best) and,
-        when re-timed, ``measured_relative_latency``.
+        reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best), ``rule``
+        (it is uniform pruning at the target) and, when re-timed, ``measured_relative_latency``.
+        The chosen result has ``rule`` too.
     """
     retime = config.retime and env.config.cost == "latency"
+    rule = None
     if config.rule_candidate and env.evaluated_results():
-        uniform_for_target(env)  # cached in the env's results with its reward
+        rule = uniform_for_target(env)["kept_channels"]  # cached in the env's results
     pool = top_results(env, max(config.retime_pool, config.top_k) if retime else config.top_k)
     if not pool:
         raise ValueError("the env evaluated no strategy yet; run a search first")
@@ -180,7 +193,7 @@ def select_strategy(
         pool = within_latency(env, pool, config, timer)
     top = pool[: config.top_k]
     subset = _steps_subset(train_set, config.fine_tune_steps, config.seed) if len(top) > 1 else None
-    scored = []
+    scored, right = [], []
     for result in top:
         if len(top) == 1:
             score = result["accuracy"]
@@ -196,9 +209,21 @@ def select_strategy(
                     progress=False,
                     device=env.device,
                 )
-            score = evaluate(pruned, env.reward_val, env.device)
-        scored.append({**result, "selection_score": score})
-    chosen = max(scored, key=lambda r: (r["selection_score"], -r["search_rank"]))
+            right.append(correct_predictions(pruned, env.reward_val, env.device))
+            score = int(right[-1].sum()) / len(right[-1])
+        scored.append({**result, "selection_score": score, "rule": result["kept_channels"] == rule})
+    best = max(
+        range(len(scored)), key=lambda i: (scored[i]["selection_score"], -scored[i]["search_rank"])
+    )
+    chosen = scored[best]
+    incumbent = next((i for i, r in enumerate(scored) if r["rule"]), None)
+    if (
+        right
+        and incumbent is not None
+        and incumbent != best
+        and not beats(right[best], right[incumbent], config.rule_margin)
+    ):
+        chosen = scored[incumbent]
     strategy = strategy_of(env, chosen["kept_channels"])
     candidates = [
         {
@@ -206,6 +231,7 @@ def select_strategy(
             "reward": r["reward"],
             "accuracy": r["accuracy"],
             "selection_score": r["selection_score"],
+            "rule": r["rule"],
             "kept_channels": r["kept_channels"],
             **(
                 {"measured_relative_latency": r["measured_relative_latency"]}
@@ -216,6 +242,25 @@ def select_strategy(
         for r in scored
     ]
     return {**chosen, "strategy": strategy, "candidates": candidates}
+
+
+def beats(challenger: torch.Tensor, incumbent: torch.Tensor, margin: float) -> bool:
+    """Whether ``challenger`` is more accurate than ``incumbent`` by more than ``margin``
+    standard errors of the paired difference.
+
+    Args:
+        challenger, incumbent: per image of the same split, whether each model is right.
+        margin: standard errors (0: any higher accuracy wins).
+
+    With ``b`` images only the challenger gets right and ``c`` only the incumbent, of ``n``, the
+    difference of accuracies is ``(b - c) / n`` and its standard error
+    ``sqrt(b + c - (b - c)**2 / n) / n`` (the paired, McNemar-style estimate).
+    """
+    n = len(challenger)
+    b = int((challenger & ~incumbent).sum())
+    c = int((~challenger & incumbent).sum())
+    difference = (b - c) / n
+    return difference > 0 and difference > margin * math.sqrt(max(b + c - (b - c) ** 2 / n, 0)) / n
 
 
 def strategy_of(env: ChannelPruningEnv, kept: dict[str, int]) -> dict[str, float]:

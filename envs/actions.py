@@ -12,7 +12,9 @@ Two mappings (:data:`ACTION_MODES`), chosen by ``PruningEnvConfig.actions``:
   (:func:`relative_action_to_ratio`). A policy that outputs 0 everywhere prunes uniformly at the
   target; one that spares a unit makes the remaining units share the difference, because their
   centre is recomputed at every step. Exploration noise then samples strategies around uniform
-  pruning, which is where the strongest simple baseline sits.
+  pruning, which is where the strongest simple baseline sits. The env aims the centre at the
+  estimated cost of the *measured* uniform rule (``PruningEnvConfig.anchor``), not at the target
+  itself, so that the estimate's error does not move action 0 away from the rule.
 
 All functions are pure; the cost model is ``keep -> cost`` as in :mod:`envs.budget`.
 """

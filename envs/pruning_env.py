@@ -67,6 +67,13 @@ class PruningEnvConfig:
             the target, -1 the minimum, +1 the maximum; an unsure policy falls back to uniform
             pruning) or ``"absolute"`` (AMC: linear onto [min_pruning_ratio,
             max_pruning_ratio]). Measured in docs/benchmarks.md (``agent_relative`` vs ``agent``).
+        anchor: with relative actions, aim the centre and the action wall at the estimated cost
+            of uniform pruning at the target *as measured* (:meth:`ChannelPruningEnv.ensure_anchor`:
+            the rule bisected on the measured cost, once, at the first reset), instead of at the
+            target itself, so that action 0 everywhere reproduces that rule. Without it, the
+            estimate's error (its conservative calibration, widths rounded to ``round_to``) moves
+            action 0 away from the rule (CIFAR resnet20, target 0.5, round_to 8: 0.219 of the
+            MACs instead of the rule's 0.253, and a lower reward).
         features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
             order; the default is every feature of the current version. A subset is for
             ablations; an agent only acts in envs that observe the features it was trained on.
@@ -86,6 +93,7 @@ class PruningEnvConfig:
     calibrate: bool = True
     reconstruct: bool = False
     actions: str = "relative"
+    anchor: bool = True
     features: tuple[str, ...] = DEFAULT_FEATURES
 
     def __post_init__(self) -> None:
@@ -340,6 +348,8 @@ class ChannelPruningEnv(gym.Env):
         self._pruning_ratios: list[float] = []
         self._floor = 0.0
         self._centre = 0.0
+        #: Kept fractions of uniform pruning at the target as measured (``config.anchor``).
+        self.anchor_keep: list[float] | None = None
 
     # ----------------------------------------------------------------- cost models
     @property
@@ -368,12 +378,39 @@ class ChannelPruningEnv(gym.Env):
         check_reachable(target, self.cost.measured(self.max_pruned), self.cost.name)
 
     # ----------------------------------------------------------------- gym API
+    @property
+    def anchored(self) -> bool:
+        """Whether relative actions are centred on the measured rule (``config.anchor``)."""
+        return self.config.actions == "relative" and self.config.anchor
+
+    def ensure_anchor(self) -> None:
+        """Measure uniform pruning at the target once (``anchor_keep``), if ``config.anchor``.
+
+        :func:`envs.baselines.uniform_for_target` bisects the one pruning ratio on the env's
+        measured cost and evaluates it (so the rule is in the result cache with its reward).
+        Called by :meth:`reset`; call it before copying the env into parallel workers so they
+        share one anchor.
+        """
+        if not self.anchored or self.anchor_keep is not None:
+            return
+        from envs.baselines import uniform_for_target  # baselines builds on this module
+
+        rule = uniform_for_target(self)
+        self.anchor_keep = self.pruner.keep_fractions(rule["strategy"])
+
+    def estimate_target(self) -> float:
+        """The estimated cost the action wall and the relative centre aim at: the target, or
+        with an anchor (:meth:`ensure_anchor`) the current estimate of the measured rule."""
+        if self.anchor_keep is None:
+            return self.config.target
+        return self.cost.estimate(self.anchor_keep)
+
     def _required_pruning_ratio(self) -> float:
         return required_pruning_ratio(
             self.cost.estimate,
             self._keep,
             self.num_units,
-            self.config.target,
+            self.estimate_target(),
             self.config.max_pruning_ratio,
         )
 
@@ -385,7 +422,7 @@ class ChannelPruningEnv(gym.Env):
                 self.cost.estimate,
                 self._keep,
                 self.num_units,
-                self.config.target,
+                self.estimate_target(),
                 self.config.max_pruning_ratio,
             )
         ones = [1.0] * (self.num_units - t)
@@ -404,6 +441,7 @@ class ChannelPruningEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        self.ensure_anchor()
         self._keep, self._pruning_ratios = [], []
         return self._observation(), {}
 

@@ -307,18 +307,36 @@ def evaluate(
     Raises:
         RlpruneError: The dataset is empty.
     """
+    right = correct_predictions(model, dataset, device, batch_size)
+    return int(right.sum()) / len(right)
+
+
+def correct_predictions(
+    model: nn.Module,
+    dataset: TensorDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """Per image of ``dataset``, whether ``model``'s top-1 prediction is right (bool, on CPU).
+
+    Two models' vectors on the same images give a paired comparison (McNemar): only the images
+    on which they disagree carry information about which is better.
+
+    Raises:
+        RlpruneError: The dataset is empty.
+    """
     x, y = dataset.tensors
     if len(y) == 0:
         raise RlpruneError("cannot evaluate on an empty dataset")
     was_training = model.training
     model.to(device).eval()
-    correct = 0
+    right = []
     with torch.inference_mode():
         for start in range(0, len(y), batch_size):
             logits = model(x[start : start + batch_size].to(device))
-            correct += (logits.argmax(1).cpu() == y[start : start + batch_size]).sum().item()
+            right.append(logits.argmax(1).cpu() == y[start : start + batch_size])
     model.train(was_training)
-    return correct / len(y)
+    return torch.cat(right)
 
 
 def get_base_model(

@@ -311,6 +311,7 @@ def search_strategy(
         found["strategy"] = chosen["strategy"]
         found["select_s"] = time.perf_counter() - t0
         found["selected_rank"] = chosen["search_rank"]
+        found["selected_rule"] = chosen["rule"]
     return found
 
 
@@ -412,6 +413,7 @@ def run_task_target(
                 "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
                 "select_s": found.get("select_s", 0.0),
                 "selected_rank": found.get("selected_rank"),
+                "selected_rule": found.get("selected_rule"),
                 "search_best_reward_acc": found.get("search_best_reward_acc"),
                 "score_s": time.perf_counter() - t0,
                 "strategy": found["strategy"],

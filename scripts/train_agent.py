@@ -297,13 +297,16 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
         {
             "config": vars(config),
             "chosen_search_rank": chosen["search_rank"],
+            "chosen_rule": chosen["rule"],
             "candidates": chosen["candidates"],
         },
     )
+    rule = " (uniform pruning at the target: no other beat it by the margin)"
     print(
         f"final choice: the search's number {chosen['search_rank'] + 1} of "
-        f"{len(chosen['candidates'])} re-scored (reward-split accuracy after "
-        f"{config.fine_tune_steps} fine-tune steps: {chosen['selection_score']:.4f})"
+        f"{len(chosen['candidates'])} re-scored{rule if chosen['rule'] else ''} (reward-split "
+        f"accuracy after {config.fine_tune_steps} fine-tune steps: "
+        f"{chosen['selection_score']:.4f})"
     )
     keys = ("strategy", "accuracy", "relative_latency", "relative_macs", "reward", "kept_channels")
     final = {**best, **{k: chosen[k] for k in keys}}

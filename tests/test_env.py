@@ -239,6 +239,27 @@ def test_relative_action_zero_prunes_uniformly_at_the_target(trained, mnist5k_sp
     assert 0.47 <= infos[-1]["relative_macs"] <= 0.5 * (1 + TARGET_TOLERANCE)
 
 
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_relative_action_zero_is_the_measured_rule_with_the_anchor(
+    trained, mnist5k_splits, round_to
+):
+    """Concave latency (square root of the MACs share kept): the calibrated estimate is off
+    between its fit points, so action 0 by the estimate alone is not uniform pruning at the
+    measured target; with the anchor it is exactly that rule's architecture."""
+    zeros = [0.0] * 6
+    config = {"target": 0.5, "round_to": round_to}
+    rule = uniform_for_target(_curve_env(trained, mnist5k_splits, "concave", **config))
+    anchored = _curve_env(trained, mnist5k_splits, "concave", actions="relative", **config)
+    for _ in range(2):  # also after the calibration has seen an episode
+        final = _episode(anchored, zeros)[2][-1]
+        assert final["kept_channels"] == rule["kept_channels"]
+    assert final["relative_latency"] <= 0.5
+    plain = _curve_env(
+        trained, mnist5k_splits, "concave", actions="relative", anchor=False, **config
+    )
+    assert _episode(plain, zeros)[2][-1]["kept_channels"] != rule["kept_channels"]
+
+
 def test_relative_actions_redistribute_what_a_unit_spares(trained, mnist5k_splits):
     env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions="relative")
     centre = [i["pruning_ratio"] for i in _episode(env, [0.0] * env.num_units)[2]][0]

@@ -7,6 +7,7 @@ from fakes import MacsLatency
 from agents.selection import (
     SelectionConfig,
     _steps_subset,
+    beats,
     select_strategy,
     strategy_of,
     top_results,
@@ -14,7 +15,7 @@ from agents.selection import (
 from envs.baselines import random_search, sampled_search, uniform_for_target
 from envs.pruning import count_cost, recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
-from models.training import evaluate, fine_tune
+from models.training import correct_predictions, evaluate, fine_tune
 
 
 def _search(splits, model, cost: str):
@@ -137,7 +138,8 @@ def test_uniform_pruning_competes_in_the_final_selection(
 ) -> None:
     """The rule's architecture (uniform pruning bisected on the measured cost, found here in a
     separate env) is among the re-scored candidates only with ``rule_candidate``."""
-    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2)
+    # No anchor: the search itself must not have evaluated the rule.
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2, anchor=False)
     make = lambda: ChannelPruningEnv(  # noqa: E731
         digits_vgg_small, digits_splits.train, digits_splits.reward_val, cfg,
         latency=MacsLatency(digits_vgg_small, digits_splits.input_shape),
@@ -152,3 +154,49 @@ def test_uniform_pruning_competes_in_the_final_selection(
     kept = [c["kept_channels"] for c in chosen["candidates"]]
     assert (rule in kept) is rule_candidate
     assert len(kept) == before + rule_candidate
+
+
+def test_paired_margin_by_hand() -> None:
+    """100 images: 10 only the challenger gets right, 4 only the incumbent, 86 both or neither.
+    Difference 0.06, standard error sqrt(14 - 6**2 / 100) / 100 = 0.0369."""
+    challenger = torch.zeros(100, dtype=torch.bool)
+    incumbent = torch.zeros(100, dtype=torch.bool)
+    challenger[:10] = True
+    incumbent[10:14] = True
+    challenger[20:70] = incumbent[20:70] = True
+    assert beats(challenger, incumbent, 0.0) and beats(challenger, incumbent, 1.6)
+    assert not beats(challenger, incumbent, 1.7)  # 1.7 * 0.0369 = 0.0628 > 0.06
+    assert not beats(incumbent, challenger, 0.0)  # lower accuracy never wins
+    assert not beats(challenger, challenger, 0.0)  # a tie keeps the incumbent
+
+
+def test_the_rule_stays_unless_a_candidate_beats_it_by_the_margin(
+    digits_splits, digits_vgg_small
+) -> None:
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2, anchor=False)
+    env = ChannelPruningEnv(
+        digits_vgg_small, digits_splits.train, digits_splits.reward_val, cfg,
+        latency=MacsLatency(digits_vgg_small, digits_splits.input_shape),
+    )  # fmt: skip
+    sampled_search(env, episodes=10, seed=0)
+
+    def select(margin):
+        config = SelectionConfig(top_k=12, fine_tune_steps=0, rule_margin=margin)
+        return select_strategy(env, digits_splits.train, config)
+
+    free = select(0.0)  # the highest score wins: here not the rule's
+    rule = next(c for c in free["candidates"] if c["rule"])
+    assert not free["rule"] and free["selection_score"] > rule["selection_score"]
+    assert select(1e6)["kept_channels"] == rule["kept_channels"]  # no candidate is that sure
+    # The margin the best challenger clears, by the paired standard error of its difference.
+    pruned = {
+        name: env.restore(env.pruner.prune_to(c["kept_channels"]))
+        for name, c in (("rule", rule), ("best", free))
+    }
+    right = {name: correct_predictions(m, env.reward_val) for name, m in pruned.items()}
+    b = int((right["best"] & ~right["rule"]).sum())
+    c = int((~right["best"] & right["rule"]).sum())
+    n = len(right["rule"])
+    z = (b - c) / (b + c - (b - c) ** 2 / n) ** 0.5
+    assert select(0.99 * z)["kept_channels"] == free["kept_channels"]
+    assert select(1.01 * z)["rule"]
