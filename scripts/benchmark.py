@@ -112,14 +112,20 @@ _CIFAR_TRAIN = (
 #: vgg_cifar converges sooner: the same recipe over 30 epochs.
 _CIFAR_TRAIN_VGG = (("epochs", 30),) + _CIFAR_TRAIN[1:]
 #: resnet20: a second annealed 40-epoch cycle at peak lr 0.05 from the 40-epoch model (shipped).
+_CIFAR_RESTART = tuple((k, 0.05 if k == "lr" else v) for k, v in _CIFAR_TRAIN)
 _CIFAR_RESTART_RESNET20 = (
-    *((k, 0.05 if k == "lr" else v) for k, v in _CIFAR_TRAIN),
+    *_CIFAR_RESTART,
     ("init_from", "models/pretrained/resnet20-cifar10_train-988471ca.pt"),
+)
+#: plain20: the same warm restart from its 40-epoch model (shipped).
+_CIFAR_RESTART_PLAIN20 = (
+    *_CIFAR_RESTART,
+    ("init_from", "models/pretrained/plain20-cifar10_train-988471ca.pt"),
 )
 TASKS: dict[str, Task] = {
     "default": Task(DEFAULT_MODEL, "mnist5k"),  # the project's default base model
     "cifar10-resnet20": Task("resnet20", "cifar10", None, _CIFAR_RESTART_RESNET20),
-    "cifar10-plain20": Task("plain20", "cifar10", None, _CIFAR_TRAIN),
+    "cifar10-plain20": Task("plain20", "cifar10", None, _CIFAR_RESTART_PLAIN20),
     "cifar10-vgg_cifar": Task("vgg_cifar", "cifar10", None, _CIFAR_TRAIN_VGG),
     "tiny": Task("vgg_small", "digits", None, (("epochs", 2),)),  # seconds; for tests
 }
