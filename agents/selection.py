@@ -104,10 +104,11 @@ RelativeLatencyTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
 def top_results(env: ChannelPruningEnv, k: int) -> list[dict[str, Any]]:
     """The ``k`` distinct architectures with the highest reward the env evaluated, best first.
 
-    Only results that meet the target (``relative cost <= target``) compete, unless none does.
+    Only results that meet the target (:meth:`ChannelPruningEnv.target_limit`) compete, unless
+    none does.
     """
     results = [r for r in env.evaluated_results() if r["reward"] is not None]
-    meeting = [r for r in results if env.relative_cost(r) <= env.config.target]
+    meeting = [r for r in results if env.relative_cost(r) <= env.target_limit()]
     pool = meeting or results
     return sorted(pool, key=lambda r: r["reward"], reverse=True)[:k]
 

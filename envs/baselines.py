@@ -40,11 +40,14 @@ def _bisect(
     target: float,
     steps: int,
 ) -> float:
-    """Smallest knob in [0, 1] whose strategy meets ``target`` (cost assumed non-increasing)."""
+    """Smallest knob in [0, 1] whose strategy meets ``target`` (cost assumed non-increasing):
+    measured cost at most :meth:`ChannelPruningEnv.target_limit` (latency: the reward's
+    tolerance over the target)."""
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        if env.relative_cost(env.evaluate_strategy(strategy(mid), with_accuracy=False)) <= target:
+        result = env.evaluate_strategy(strategy(mid), with_accuracy=False)
+        if env.relative_cost(result) <= env.target_limit(target):
             hi = mid
         else:
             lo = mid

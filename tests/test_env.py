@@ -239,7 +239,7 @@ def test_relative_action_zero_prunes_uniformly_at_the_target(trained, mnist5k_sp
     assert 0.47 <= infos[-1]["relative_macs"] <= 0.5 * (1 + TARGET_TOLERANCE)
 
 
-@pytest.mark.parametrize("round_to", [None, 8])
+@pytest.mark.parametrize("round_to", [None, 8, 16])
 def test_relative_action_zero_is_the_measured_rule_with_the_anchor(
     trained, mnist5k_splits, round_to
 ):
@@ -253,7 +253,7 @@ def test_relative_action_zero_is_the_measured_rule_with_the_anchor(
     for _ in range(2):  # also after the calibration has seen an episode
         final = _episode(anchored, zeros)[2][-1]
         assert final["kept_channels"] == rule["kept_channels"]
-    assert final["relative_latency"] <= 0.5
+    assert final["relative_latency"] <= 0.5 * (1 + TARGET_TOLERANCE)
     plain = _curve_env(
         trained, mnist5k_splits, "concave", actions="relative", anchor=False, **config
     )
