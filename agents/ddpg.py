@@ -298,9 +298,8 @@ class AMCDDPG(DDPG):
         That episode plays action 0 at every step (:mod:`envs.actions`): with the env's anchor
         (``PruningEnvConfig.anchor``, the default) exactly
         :func:`envs.baselines.uniform_for_target`, uniform pruning bisected on the measured
-        cost; without it, uniform pruning by the env's
-        cost estimate, which with aligned widths (``round_to``) and a latency target can prune
-        more (CIFAR resnet20, round-to 8: 0.22 vs 0.25 of the MACs). It is a candidate of the
+        cost; without it, uniform pruning by the env's cost estimate, which can differ from
+        that rule where the estimate errs. It is a candidate of the
         search and a transition in the replay buffer, as the first candidate of the sampled and
         TPE searches is (:func:`envs.baselines.sampled_search`).
         :func:`make_agent` sets ``uniform_first_steps`` to the episode's length; loaded agents

@@ -71,9 +71,8 @@ class PruningEnvConfig:
             of uniform pruning at the target *as measured* (:meth:`ChannelPruningEnv.ensure_anchor`:
             the rule bisected on the measured cost, once, at the first reset), instead of at the
             target itself, so that action 0 everywhere reproduces that rule. Without it, the
-            estimate's error (its conservative calibration, widths rounded to ``round_to``) moves
-            action 0 away from the rule (CIFAR resnet20, target 0.5, round_to 8: 0.219 of the
-            MACs instead of the rule's 0.253, and a lower reward).
+            estimate's error (a latency curve one calibrated slope cannot fit, its conservative
+            quantile) moves action 0 away from the rule (tests/test_env.py, concave latency).
         features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
             order; the default is every feature of the current version. A subset is for
             ablations; an agent only acts in envs that observe the features it was trained on.
@@ -405,26 +404,13 @@ class ChannelPruningEnv(gym.Env):
             return self.config.target
         return self.cost.estimate(self.anchor_keep)
 
-    def _required_pruning_ratio(self) -> float:
-        return required_pruning_ratio(
-            self.cost.estimate,
-            self._keep,
-            self.num_units,
-            self.estimate_target(),
-            self.config.max_pruning_ratio,
-        )
-
     def _observation(self) -> np.ndarray:
         t = len(self._keep)
-        self._floor = self._required_pruning_ratio()  # the wall for this unit; step() reuses it
-        if self.config.actions == "relative":  # action 0 for this unit; step() reuses it
-            self._centre = remaining_uniform_ratio(
-                self.cost.estimate,
-                self._keep,
-                self.num_units,
-                self.estimate_target(),
-                self.config.max_pruning_ratio,
-            )
+        aim = (self.cost.estimate, self._keep, self.num_units, self.estimate_target())
+        # The wall and (relative actions) action 0 for this unit; step() reuses both.
+        self._floor = required_pruning_ratio(*aim, self.config.max_pruning_ratio)
+        if self.config.actions == "relative":
+            self._centre = remaining_uniform_ratio(*aim, self.config.max_pruning_ratio)
         ones = [1.0] * (self.num_units - t)
         return unit_features(
             self.units[t],
