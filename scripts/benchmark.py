@@ -317,6 +317,7 @@ def search_strategy(
         found["strategy"] = chosen["strategy"]
         found["select_s"] = time.perf_counter() - t0
         found["selected_rank"] = chosen["search_rank"]
+        found["rescored_ranks"] = [c["search_rank"] for c in chosen["candidates"]]
         found["selected_rule"] = chosen["rule"]
     return found
 
@@ -419,6 +420,7 @@ def run_task_target(
                 "search_s": found["search_s"] if seed == seeds[0] or not deterministic else 0.0,
                 "select_s": found.get("select_s", 0.0),
                 "selected_rank": found.get("selected_rank"),
+                "rescored_ranks": found.get("rescored_ranks"),
                 "selected_rule": found.get("selected_rule"),
                 "search_best_reward_acc": found.get("search_best_reward_acc"),
                 "score_s": time.perf_counter() - t0,
