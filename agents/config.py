@@ -184,6 +184,7 @@ def _flat_names() -> dict[str, tuple[str, ...]]:
         "importance",
         "round_to",
         "actions",
+        "anchor_rule",
     )
     flat.update({name: ("env", name) for name in (*env, "bn_batches", "reconstruct", "features")})
     latency = {"latency_batch_size": "batch_size", "latency_repeats": "repeats"}

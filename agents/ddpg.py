@@ -14,8 +14,9 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
   episode budget (:func:`budget_noise_decay`): sigma reaches ``noise_final`` at the last episode.
 * **Separate learning rates** for actor (1e-4) and critic (1e-3) (:class:`AMCDDPG`).
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps); with
-  relative actions a fresh agent's first episode plays action 0 throughout: uniform pruning at the
-  target as measured, with the env's anchor (:meth:`AMCDDPG._uniform_episode`).
+  relative actions a fresh agent's first episode plays action 0 throughout: with the env's anchor,
+  the anchor rule (uniform or global magnitude pruning) at the target as measured
+  (:meth:`AMCDDPG._uniform_episode`).
 
 With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
 every env, the envs' episodes end together (one network: every episode has its number of units),
@@ -296,10 +297,10 @@ class AMCDDPG(DDPG):
         """Whether this step belongs to the first episode of a fresh agent with relative actions.
 
         That episode plays action 0 at every step (:mod:`envs.actions`): with the env's anchor
-        (``PruningEnvConfig.anchor``, the default) exactly
-        :func:`envs.baselines.uniform_for_target`, uniform pruning bisected on the measured
-        cost; without it, uniform pruning by the env's cost estimate, which can differ from
-        that rule where the estimate errs. It is a candidate of the
+        (``PruningEnvConfig.anchor``, the default) exactly the anchor rule
+        (``PruningEnvConfig.anchor_rule``: uniform or global magnitude pruning, bisected on the
+        measured cost); without it, uniform pruning by the env's cost estimate, which can differ
+        from the rule where the estimate errs. It is a candidate of the
         search and a transition in the replay buffer, as the first candidate of the sampled and
         TPE searches is (:func:`envs.baselines.sampled_search`).
         :func:`make_agent` sets ``uniform_first_steps`` to the episode's length; loaded agents

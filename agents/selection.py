@@ -8,14 +8,16 @@ stronger evaluation: the env's repair (:meth:`~envs.pruning_env.ChannelPruningEn
 reconstruction if configured, BN recalibration), a short annealed fine-tune, then accuracy on the
 whole reward split.
 Every search method (agent, random, TPE) gets the same protocol, so comparisons isolate the
-policy. Uniform pruning at the target (the rule, bisected on the measured cost) is evaluated into
-the same results first and competes for the top-k like any architecture the search found
-(``SelectionConfig.rule_candidate``): at heavy pruning few strategies beat it (CIFAR resnet20 at
-0.25 of the MACs: uniform ranked 1st of 31 random strategies after fine-tuning), and a search
-that did not find one of them should deliver the rule, not its own best. The rule is also the
-incumbent of the re-scoring (``SelectionConfig.rule_margin``): a candidate replaces it only when
-its score is higher by more than the paired standard error of the difference (McNemar, on the
-images where the two disagree), because the re-score of strategies this close is noisy.
+policy. The two rules at the target (uniform and global magnitude pruning, each bisected on the
+measured cost) are evaluated into the same results first and compete for the top-k like any
+architecture the search found (``SelectionConfig.rule_candidate``): at heavy pruning few
+strategies beat them (CIFAR resnet20 at 0.25 of the MACs: uniform ranked 1st of 31 random
+strategies after fine-tuning; plain20 at 0.5 of the latency: global magnitude 7 points ahead of
+uniform and of every search), and a search that did not find one of them should deliver the
+better rule, not its own best. The best-scored rule is also the incumbent of the re-scoring
+(``SelectionConfig.rule_margin``): a candidate replaces it only when its score is higher by more
+than the paired standard error of the difference (McNemar, on the images where the two
+disagree), because the re-score of strategies this close is noisy.
 
 With a latency target the candidates are first timed again with the reporting protocol
 (:func:`envs.latency.compare_latency`: interleaved with the original, every repeat, best of
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from envs.baselines import uniform_for_target
+from envs.baselines import global_for_target, uniform_for_target
 from envs.latency import compare_latency, reporting_config
 from envs.pruning_env import ChannelPruningEnv
 from models.data import stratified_subset
@@ -59,14 +61,15 @@ class SelectionConfig:
         retime_pool: How many of the search's best (by reward) are timed, so that ``top_k``
             remain when some fail the check; at least ``top_k``.
         latency_passes: Interleaved passes of the re-timing (best pass per model).
-        rule_candidate: First evaluate uniform pruning at the target
-            (:func:`envs.baselines.uniform_for_target`, bisected on the env's measured cost) into
-            the env's results, so the rule competes for the top-k by its reward like any
-            architecture the search found: a search then delivers less than the rule only where
-            the re-scoring judges it worse.
-        rule_margin: When the rule is among the re-scored candidates, the best of the others
-            replaces it only if its score is higher by more than ``rule_margin`` standard errors
-            of the paired difference (:func:`beats`); 0: the higher score wins.
+        rule_candidate: First evaluate the rules at the target (:data:`RULES`: uniform and
+            global magnitude pruning, bisected on the env's measured cost) into the env's
+            results, so they compete for the top-k by their reward like any architecture the
+            search found: a search then delivers less than the better rule only where the
+            re-scoring judges it worse.
+        rule_margin: When rules are among the re-scored candidates, the best-scored of them is
+            the incumbent: the best of the others replaces it only if its score is higher by more
+            than ``rule_margin`` standard errors of the paired difference (:func:`beats`); 0: the
+            higher score wins.
     """
 
     top_k: int = 5
@@ -96,6 +99,9 @@ class SelectionConfig:
                 f"{self.rule_margin}"
             )
 
+
+#: The rules evaluated as candidates (``SelectionConfig.rule_candidate``), by name.
+RULES = {"uniform": uniform_for_target, "global": global_for_target}
 
 #: ``{name: model}`` (``"original"`` among them) -> ``{name: latency / original's}``.
 RelativeLatencyTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
@@ -179,13 +185,13 @@ def select_strategy(
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
         reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best), ``rule``
-        (it is uniform pruning at the target) and, when re-timed, ``measured_relative_latency``.
-        The chosen result has ``rule`` too.
+        (the name in :data:`RULES` of the rule at the target it is, else None) and, when
+        re-timed, ``measured_relative_latency``. The chosen result has ``rule`` too.
     """
     retime = config.retime and env.config.cost == "latency"
-    rule = None
-    if config.rule_candidate and env.evaluated_results():
-        rule = uniform_for_target(env)["kept_channels"]  # cached in the env's results
+    rules: dict[str, dict[str, int]] = {}
+    if config.rule_candidate and env.evaluated_results():  # cached in the env's results
+        rules = {name: rule(env)["kept_channels"] for name, rule in RULES.items()}
     pool = top_results(env, max(config.retime_pool, config.top_k) if retime else config.top_k)
     if not pool:
         raise ValueError("the env evaluated no strategy yet; run a search first")
@@ -212,19 +218,9 @@ def select_strategy(
                 )
             right.append(correct_predictions(pruned, env.reward_val, env.device))
             score = int(right[-1].sum()) / len(right[-1])
-        scored.append({**result, "selection_score": score, "rule": result["kept_channels"] == rule})
-    best = max(
-        range(len(scored)), key=lambda i: (scored[i]["selection_score"], -scored[i]["search_rank"])
-    )
-    chosen = scored[best]
-    incumbent = next((i for i, r in enumerate(scored) if r["rule"]), None)
-    if (
-        right
-        and incumbent is not None
-        and incumbent != best
-        and not beats(right[best], right[incumbent], config.rule_margin)
-    ):
-        chosen = scored[incumbent]
+        name = next((n for n, kept in rules.items() if kept == result["kept_channels"]), None)
+        scored.append({**result, "selection_score": score, "rule": name})
+    chosen = scored[final_choice(scored, right, config.rule_margin)]
     strategy = strategy_of(env, chosen["kept_channels"])
     candidates = [
         {
@@ -243,6 +239,29 @@ def select_strategy(
         for r in scored
     ]
     return {**chosen, "strategy": strategy, "candidates": candidates}
+
+
+def final_choice(scored: list[dict[str, Any]], right: list[torch.Tensor], margin: float) -> int:
+    """Index of the chosen candidate: the highest ``selection_score`` (the search's better rank on
+    a tie), unless rules are among them (``rule`` set) and it does not :func:`beats` the
+    best-scored rule, the incumbent, by ``margin``; then the incumbent.
+
+    Args:
+        scored: candidates with ``selection_score``, ``search_rank`` and ``rule``.
+        right: per candidate, whether it classifies each re-scoring image correctly (empty when
+            the candidates were not re-scored: no incumbent then).
+        margin: standard errors of the paired difference (:func:`beats`).
+    """
+    best = max(
+        range(len(scored)), key=lambda i: (scored[i]["selection_score"], -scored[i]["search_rank"])
+    )
+    ruled = [i for i, r in enumerate(scored) if r["rule"]]
+    if not right or not ruled:
+        return best
+    incumbent = max(ruled, key=lambda i: scored[i]["selection_score"])
+    if incumbent == best or beats(right[best], right[incumbent], margin):
+        return best
+    return incumbent
 
 
 def beats(challenger: torch.Tensor, incumbent: torch.Tensor, margin: float) -> bool:

@@ -12,9 +12,12 @@ Two mappings (:data:`ACTION_MODES`), chosen by ``PruningEnvConfig.actions``:
   (:func:`relative_action_to_ratio`). A policy that outputs 0 everywhere prunes uniformly at the
   target; one that spares a unit makes the remaining units share the difference, because their
   centre is recomputed at every step. Exploration noise then samples strategies around uniform
-  pruning, which is where the strongest simple baseline sits. The env aims the centre at the
-  estimated cost of the *measured* uniform rule (``PruningEnvConfig.anchor``), not at the target
-  itself, so that the estimate's error does not move action 0 away from the rule.
+  pruning, which is where the strongest simple baseline sits. With an anchor
+  (``PruningEnvConfig.anchor``, the default) the env centres the actions on a rule *measured* at
+  the target instead (:func:`remaining_anchor_ratio`): action 0 is that rule's ratio for the unit,
+  the remaining units shifted by one amount to just meet the estimated cost of the rule, so that
+  action 0 everywhere reproduces the rule (uniform or global magnitude pruning, whichever scored
+  higher) and the estimate's error does not move it.
 
 All functions are pure; the cost model is ``keep -> cost`` as in :mod:`envs.budget`.
 """
@@ -103,3 +106,47 @@ def remaining_uniform_ratio(
         return cost_model([*decided, *([1.0 - ratio] * (num_units - t))])
 
     return smallest_meeting(cost_at, target_cost, max_pruning_ratio, tol)
+
+
+def remaining_anchor_ratio(
+    cost_model: CostModel,
+    decided: Sequence[float],
+    anchor_keep: Sequence[float],
+    target_cost: float,
+    max_pruning_ratio: float,
+    tol: float = 1e-4,
+) -> float:
+    """The current unit's pruning ratio when the remaining units follow ``anchor_keep`` shifted
+    by one amount so that the target is just met.
+
+    The remaining units ``j = len(decided)..`` keep ``clip(anchor_keep[j] - s, 1 -
+    max_pruning_ratio, 1)``; ``s`` is the smallest shift (in kept fraction, bisected over
+    ``[-1, 1]``: the cost does not increase with it) whose cost is at most ``target_cost``.
+    A uniform anchor gives :func:`remaining_uniform_ratio`; a per-unit anchor (global magnitude
+    pruning's ratios) keeps its shape. When ``decided`` follows the anchor and ``target_cost``
+    is the anchor's own cost, ``s`` is 0 (within ``tol``) and the result is the anchor's ratio.
+
+    Args:
+        cost_model: estimated cost as a function of the kept fraction of every unit.
+        decided: kept fractions of the units already visited.
+        anchor_keep: kept fraction of every unit under the anchor strategy.
+        target_cost: cost the final model must not exceed (same unit as ``cost_model``).
+        max_pruning_ratio: largest pruning ratio any unit may take.
+        tol: bisection tolerance on the shift.
+
+    Returns:
+        The pruning ratio of unit ``len(decided)``, in ``[0, max_pruning_ratio]``.
+    """
+    t, num_units = len(decided), len(anchor_keep)
+    if not 0 <= t < num_units:
+        raise RlpruneError(f"{t} units decided of {num_units}: no unit left to choose a ratio for")
+    lowest = 1.0 - max_pruning_ratio
+
+    def keep(j: int, shift: float) -> float:
+        return min(max(anchor_keep[j] - shift, lowest), 1.0)
+
+    def cost_at(x: float) -> float:  # x = shift + 1 in [0, 2]
+        return cost_model([*decided, *(keep(j, x - 1.0) for j in range(t, num_units))])
+
+    shift = smallest_meeting(cost_at, target_cost, 2.0, tol) - 1.0
+    return 1.0 - keep(t, shift)

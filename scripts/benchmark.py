@@ -699,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             _write(out, command, rows, bases, "", time.perf_counter() - start, skipped)
             plot_strategies(rows, task, target, out / f"strategies_{task}_t{target}.png")
-        plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png")
+        if rows:  # every target so far skipped: nothing to plot yet
+            plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png")
 
     scaling = throughput_scaling(args) if (args.throughput or args.throughput_only) else ""
     _write(out, command, rows, bases, scaling, time.perf_counter() - start, skipped)

@@ -26,6 +26,7 @@ from envs.actions import ACTION_MODES  # noqa: E402
 from envs.backends import BACKENDS, check_backend  # noqa: E402
 from envs.latency_table import check_table_settings, load_table  # noqa: E402
 from envs.pruning import load_pruned  # noqa: E402
+from envs.pruning_env import ANCHOR_RULES  # noqa: E402
 from envs.rewards import REWARDS  # noqa: E402
 from models.data import DataSplits, Preprocessing, load_dataset, renormalized  # noqa: E402
 from models.errors import DatasetError, RlpruneError  # noqa: E402
@@ -150,8 +151,15 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         choices=ACTION_MODES,
         default=default("actions"),
         help="how an action becomes a pruning ratio: 'absolute' (AMC: linear onto [min, max]) or "
-        "'relative' (0 = the uniform ratio that makes the remaining units meet the target); "
-        "apply_agent and transfer_study play an agent the way it was trained",
+        "'relative' (0 = the anchor rule's ratio, shifted so the remaining units meet the "
+        "target); apply_agent and transfer_study play an agent the way it was trained",
+    )
+    g.add_argument(
+        "--anchor-rule",
+        choices=ANCHOR_RULES,
+        default=default("anchor_rule"),
+        help="the rule, measured at the target, that relative actions are centred on: 'uniform', "
+        "'global' (global magnitude pruning) or 'best' (both measured, the higher reward)",
     )
     g.add_argument(
         "--round-to",

@@ -301,7 +301,7 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
             "candidates": chosen["candidates"],
         },
     )
-    rule = " (uniform pruning at the target: no other beat it by the margin)"
+    rule = f" ({chosen['rule']} pruning at the target: no other beat it by the margin)"
     print(
         f"final choice: the search's number {chosen['search_rank'] + 1} of "
         f"{len(chosen['candidates'])} re-scored{rule if chosen['rule'] else ''} (reward-split "

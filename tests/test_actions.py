@@ -8,6 +8,7 @@ from envs.actions import (
     check_action_mode,
     relative_action_to_ratio,
     relative_ratio_to_action,
+    remaining_anchor_ratio,
     remaining_uniform_ratio,
 )
 from models.errors import RlpruneError
@@ -80,3 +81,25 @@ def test_ratio_to_action_inverts_both_mappings():
         assert relative_action_to_ratio(a, 0.6, 0.0, 0.8) == pytest.approx(ratio)
         b = absolute_ratio_to_action(ratio, 0.0, 0.8)
         assert absolute_action_to_ratio(b, 0.0, 0.8) == pytest.approx(ratio)
+
+
+def test_remaining_anchor_ratio_shifts_the_anchor_to_meet_the_target():
+    cost = linear_cost([1, 1, 1, 1])  # mean kept fraction
+    anchor = [0.9, 0.3, 0.6, 0.2]  # cost 0.5
+    # Following the anchor: its own ratios.
+    assert remaining_anchor_ratio(cost, [], anchor, 0.5, 0.8) == pytest.approx(0.1, abs=1e-3)
+    assert remaining_anchor_ratio(cost, [0.9], anchor, 0.5, 0.8) == pytest.approx(0.7, abs=1e-3)
+    # Unit 0 kept whole (+0.1): units 1-3 would lose 0.1 / 3 each, but unit 3 (keep 0.2) is at
+    # the floor 1 - 0.8, so units 1 and 2 lose 0.05 each: unit 1 keeps 0.25, ratio 0.75.
+    assert remaining_anchor_ratio(cost, [1.0], anchor, 0.5, 0.8) == pytest.approx(0.75, abs=1e-3)
+    # Unit 0 pruned to 0.5 (-0.4): the others may keep 0.4 / 3 more (unit 1: 0.433, ratio 0.567).
+    assert remaining_anchor_ratio(cost, [0.5], anchor, 0.5, 0.8) == pytest.approx(
+        1 - (0.3 + 0.4 / 3), abs=1e-3
+    )
+    # A uniform anchor is the remaining uniform ratio.
+    for decided in ([], [1.0], [0.2]):
+        assert remaining_anchor_ratio(cost, decided, [0.5] * 4, 0.5, 0.8) == pytest.approx(
+            remaining_uniform_ratio(cost, decided, 4, 0.5, 0.8), abs=1e-3
+        )
+    with pytest.raises(RlpruneError, match="no unit left"):
+        remaining_anchor_ratio(cost, anchor, anchor, 0.5, 0.8)

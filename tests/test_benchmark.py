@@ -80,6 +80,14 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
             second["test_acc_ft"],
         )
 
+    # No reachable target at all: the tables say why, and the run still succeeds.
+    flags = tuple("0.001" if f == "0.8,0.001" else f for f in flags)
+    flags = tuple(str(tmp_path / "none") if f == str(out) else f for f in flags)
+    none = _run(*flags, cache=tmp_path / "cache")
+    assert none.returncode == 0, none.stderr[-2000:]
+    skipped = (tmp_path / "none" / "results.md").read_text().split("## Skipped targets")[1]
+    assert "tiny at 0.001: target 0.001 of the original latency is unreachable" in skipped
+
 
 def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
     """--round-to 8: each delivered model keeps multiples of 8 channels in every conv that is wide

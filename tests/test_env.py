@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import envs
 from agents.ddpg import AgentConfig, agent_env_settings, load_agent, make_agent
-from envs.baselines import uniform_for_target
+from envs.baselines import global_for_target, uniform_for_target
 from envs.features import NUM_FEATURES
 from envs.latency import LatencyConfig
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
@@ -228,7 +228,9 @@ def test_gymnasium_make_builds_the_registered_env(trained, mnist5k_splits):
 
 
 def test_relative_action_zero_prunes_uniformly_at_the_target(trained, mnist5k_splits):
-    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions="relative")
+    env = _env(
+        trained, mnist5k_splits, cost="macs", target=0.5, actions="relative", anchor_rule="uniform"
+    )
     _, _, infos = _episode(env, [0.0] * env.num_units)
     ratios = [info["pruning_ratio"] for info in infos]
     # One ratio for every unit (up to the channel rounding the later centres see) ...
@@ -249,7 +251,9 @@ def test_relative_action_zero_is_the_measured_rule_with_the_anchor(
     zeros = [0.0] * 6
     config = {"target": 0.5, "round_to": round_to}
     rule = uniform_for_target(_curve_env(trained, mnist5k_splits, "concave", **config))
-    anchored = _curve_env(trained, mnist5k_splits, "concave", actions="relative", **config)
+    anchored = _curve_env(
+        trained, mnist5k_splits, "concave", actions="relative", anchor_rule="uniform", **config
+    )
     for _ in range(2):  # also after the calibration has seen an episode
         final = _episode(anchored, zeros)[2][-1]
         assert final["kept_channels"] == rule["kept_channels"]
@@ -260,8 +264,38 @@ def test_relative_action_zero_is_the_measured_rule_with_the_anchor(
     assert _episode(plain, zeros)[2][-1]["kept_channels"] != rule["kept_channels"]
 
 
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_relative_action_zero_is_global_magnitude_pruning_with_its_anchor(
+    trained, mnist5k_splits, round_to
+):
+    """A per-unit anchor: action 0 everywhere is global magnitude pruning's architecture (not a
+    uniform one), and ``"best"`` anchors on whichever rule has the higher reward."""
+    zeros = [0.0] * 6
+    config = {"target": 0.5, "round_to": round_to}
+    rules_env = _curve_env(trained, mnist5k_splits, "concave", **config)
+    rules = {"uniform": uniform_for_target(rules_env), "global": global_for_target(rules_env)}
+    widths = [rules["global"]["kept_channels"][u.name] / u.out_channels for u in rules_env.units]
+    assert max(widths) - min(widths) > 0.05  # the global rule is not uniform here
+    assert rules["global"]["kept_channels"] != rules["uniform"]["kept_channels"]
+    best = max(rules, key=lambda name: rules[name]["reward"])
+    for anchor_rule, expected in (("global", "global"), ("best", best)):
+        env = _curve_env(
+            trained,
+            mnist5k_splits,
+            "concave",
+            actions="relative",
+            anchor_rule=anchor_rule,
+            **config,
+        )
+        for _ in range(2):
+            assert _episode(env, zeros)[2][-1]["kept_channels"] == rules[expected]["kept_channels"]
+        assert env.anchor_name == expected
+
+
 def test_relative_actions_redistribute_what_a_unit_spares(trained, mnist5k_splits):
-    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions="relative")
+    env = _env(
+        trained, mnist5k_splits, cost="macs", target=0.5, actions="relative", anchor_rule="uniform"
+    )
     centre = [i["pruning_ratio"] for i in _episode(env, [0.0] * env.num_units)[2]][0]
     spare = [i["pruning_ratio"] for i in _episode(env, [-1.0] + [0.0] * 5)[2]]
     cut = [i["pruning_ratio"] for i in _episode(env, [1.0] + [0.0] * 5)[2]]
@@ -280,7 +314,9 @@ def test_a_fresh_relative_agent_starts_with_uniform_pruning(
     the next ones are the random warm-up; AMC's absolute actions have no such anchor."""
     from agents.methods import SearchSettings, agent_search
 
-    env = _env(trained, mnist5k_splits, cost="macs", target=0.5, actions=actions)
+    env = _env(
+        trained, mnist5k_splits, cost="macs", target=0.5, actions=actions, anchor_rule="uniform"
+    )
     played = record_episodes(env)
     agent_search(env, SearchSettings(3, 0, 3, tmp_path / actions, progress=False))
     first, second = played[0], played[1]

@@ -263,14 +263,15 @@ def test_train_agent_with_two_envs_selects_among_the_workers_results_and_resumes
     # The final choice re-scores the top 5 of every architecture the two workers evaluated (each
     # worker caches its own: both may play the same one, e.g. uniform pruning, the first
     # episode and a fresh actor's output; an architecture is told by its MACs and parameters;
-    # those over the 0.5 target do not compete), and of the uniform rule unless played.
+    # those over the 0.5 target do not compete), and of the two rules (uniform, global) unless
+    # played.
     archs = {
         (row["relative_macs"], row["relative_params"])
         for row in new
         if float(row["relative_macs"]) <= 0.5
     }
     selection = json.loads((run_dir / "selection.json").read_text())
-    assert 1 < min(5, len(archs)) <= len(selection["candidates"]) <= min(5, len(archs) + 1)
+    assert 1 < min(5, len(archs)) <= len(selection["candidates"]) <= min(5, len(archs) + 2)
 
     train_agent("--resume", str(run_dir), "--episodes", "6", "--no-progress")
     assert [row[0] for row in episodes(run_dir)] == [1, 2, 3, 4, 5, 6]

@@ -8,11 +8,12 @@ from agents.selection import (
     SelectionConfig,
     _steps_subset,
     beats,
+    final_choice,
     select_strategy,
     strategy_of,
     top_results,
 )
-from envs.baselines import random_search, sampled_search, uniform_for_target
+from envs.baselines import global_for_target, random_search, sampled_search, uniform_for_target
 from envs.pruning import count_cost, recalibrate_bn
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.training import correct_predictions, evaluate, fine_tune
@@ -133,27 +134,33 @@ def test_no_retiming_under_a_macs_target(searched, digits_splits) -> None:
 
 
 @pytest.mark.parametrize("rule_candidate", [True, False])
-def test_uniform_pruning_competes_in_the_final_selection(
+def test_the_rules_compete_in_the_final_selection(
     digits_splits, digits_vgg_small, rule_candidate
 ) -> None:
-    """The rule's architecture (uniform pruning bisected on the measured cost, found here in a
-    separate env) is among the re-scored candidates only with ``rule_candidate``."""
+    """The rules' architectures (uniform and global magnitude pruning bisected on the measured
+    cost, found here in a separate env) are among the re-scored candidates, named, only with
+    ``rule_candidate``."""
     # No anchor: the search itself must not have evaluated the rule.
     cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2, anchor=False)
     make = lambda: ChannelPruningEnv(  # noqa: E731
         digits_vgg_small, digits_splits.train, digits_splits.reward_val, cfg,
         latency=MacsLatency(digits_vgg_small, digits_splits.input_shape),
     )  # fmt: skip
-    rule = uniform_for_target(make())["kept_channels"]
+    separate = make()
+    rules = {
+        "uniform": uniform_for_target(separate)["kept_channels"],
+        "global": global_for_target(separate)["kept_channels"],
+    }
+    assert rules["uniform"] != rules["global"]
     env = make()
-    random_search(env, episodes=3, seed=0)  # per-unit random actions: never uniform
-    assert rule not in [r["kept_channels"] for r in env.evaluated_results()]
+    random_search(env, episodes=3, seed=0)  # per-unit random actions: never a rule
+    assert not any(r["kept_channels"] in rules.values() for r in env.evaluated_results())
     before = len(top_results(env, 10))
     config = SelectionConfig(top_k=10, fine_tune_steps=0, rule_candidate=rule_candidate)
     chosen = select_strategy(env, digits_splits.train, config)
-    kept = [c["kept_channels"] for c in chosen["candidates"]]
-    assert (rule in kept) is rule_candidate
-    assert len(kept) == before + rule_candidate
+    named = {c["rule"]: c["kept_channels"] for c in chosen["candidates"] if c["rule"]}
+    assert named == (rules if rule_candidate else {})
+    assert len(chosen["candidates"]) == before + 2 * rule_candidate
 
 
 def test_paired_margin_by_hand() -> None:
@@ -170,6 +177,27 @@ def test_paired_margin_by_hand() -> None:
     assert not beats(challenger, challenger, 0.0)  # a tie keeps the incumbent
 
 
+def test_the_better_rule_is_the_incumbent() -> None:
+    """100 images, all three right on 0-79; the global rule also on 80-84, the challenger on
+    80-86. Challenger vs global: b = 2, c = 0, z = 0.02 / (sqrt(2 - 0.04) / 100) = 1.43;
+    vs uniform: b = 7, c = 0, z = 0.07 / (sqrt(7 - 0.49) / 100) = 2.74."""
+    right = [torch.zeros(100, dtype=torch.bool) for _ in range(3)]
+    right[0][:87] = True  # the challenger, the search's best
+    right[1][:80] = True  # uniform
+    right[2][:85] = True  # global
+    scored = [
+        {"selection_score": 0.87, "search_rank": 0, "rule": None},
+        {"selection_score": 0.80, "search_rank": 1, "rule": "uniform"},
+        {"selection_score": 0.85, "search_rank": 2, "rule": "global"},
+    ]
+    assert final_choice(scored, right, 2.0) == 2  # clears uniform's margin, not global's
+    assert final_choice(scored, right, 1.4) == 0
+    assert final_choice(scored, right, 1.5) == 2
+    assert final_choice(scored, [], 2.0) == 0  # not re-scored: no incumbent
+    no_rules = [{**c, "rule": None} for c in scored]
+    assert final_choice(no_rules, right, 2.0) == 0
+
+
 def test_the_rule_stays_unless_a_candidate_beats_it_by_the_margin(
     digits_splits, digits_vgg_small
 ) -> None:
@@ -184,8 +212,10 @@ def test_the_rule_stays_unless_a_candidate_beats_it_by_the_margin(
         config = SelectionConfig(top_k=12, fine_tune_steps=0, rule_margin=margin)
         return select_strategy(env, digits_splits.train, config)
 
-    free = select(0.0)  # the highest score wins: here not the rule's
-    rule = next(c for c in free["candidates"] if c["rule"])
+    free = select(0.0)  # the highest score wins: here not a rule's
+    rules = [c for c in free["candidates"] if c["rule"]]
+    assert {c["rule"] for c in rules} == {"uniform", "global"}
+    rule = max(rules, key=lambda c: c["selection_score"])  # the incumbent: the better rule
     assert not free["rule"] and free["selection_score"] > rule["selection_score"]
     assert select(1e6)["kept_channels"] == rule["kept_channels"]  # no candidate is that sure
     # The margin the best challenger clears, by the paired standard error of its difference.
@@ -199,4 +229,4 @@ def test_the_rule_stays_unless_a_candidate_beats_it_by_the_margin(
     n = len(right["rule"])
     z = (b - c) / (b + c - (b - c) ** 2 / n) ** 0.5
     assert select(0.99 * z)["kept_channels"] == free["kept_channels"]
-    assert select(1.01 * z)["rule"]
+    assert select(1.01 * z)["kept_channels"] == rule["kept_channels"]
