@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class SearchSettings:
         run_dir: the agent's run directory (TensorBoard, ``episodes.csv``, checkpoints at the
             start and the end); None: a temporary one, removed after the search.
         progress: show a progress bar (the agent).
+        noise_sigma: the agent's exploration sigma after the warm-up (None: ``AgentConfig``'s);
+            its last episode's sigma is at most this.
     """
 
     episodes: int
@@ -54,10 +56,13 @@ class SearchSettings:
     warmup: int | None = None
     run_dir: Path | None = None
     progress: bool = False
+    noise_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise RlpruneError(f"a search needs at least 1 episode, got {self.episodes}")
+        if self.noise_sigma is not None and self.noise_sigma <= 0:
+            raise RlpruneError(f"the noise sigma must be > 0, got {self.noise_sigma}")
 
 
 #: ``(env, settings) -> best result with seconds and history``.
@@ -99,6 +104,9 @@ def agent_search(
     if agent is None:
         warmup = default_warmup(settings.episodes) if settings.warmup is None else settings.warmup
         config = AgentConfig(warmup_episodes=warmup, seed=settings.seed, episodes=settings.episodes)
+        if settings.noise_sigma is not None:
+            final = min(config.noise_final, settings.noise_sigma)
+            config = replace(config, noise_sigma=settings.noise_sigma, noise_final=final)
         agent = make_agent(env, config, num_units=env.num_units)
     with tempfile.TemporaryDirectory(prefix="rlprune-search-") as tmp:
         run_dir = settings.run_dir or Path(tmp)

@@ -5,6 +5,8 @@ import csv
 import pytest
 from fakes import MacsLatency
 
+from agents import methods
+from agents.ddpg import make_agent
 from agents.methods import (
     RULES,
     SEARCH_METHODS,
@@ -96,3 +98,25 @@ def test_bad_names_and_budgets_are_one_line_errors(digits_vgg_small, digits_spli
         run_method("amc", env, SearchSettings(1))
     with pytest.raises(RlpruneError, match="at least 1 episode"):
         SearchSettings(0)
+    with pytest.raises(RlpruneError, match="noise sigma must be > 0"):
+        SearchSettings(5, noise_sigma=0.0)
+
+
+@pytest.mark.parametrize(("sigma", "final"), [(None, 0.05), (0.15, 0.05), (0.02, 0.02)])
+def test_the_agents_noise_sigma_is_the_settings(
+    digits_vgg_small, digits_splits, monkeypatch, sigma, final
+):
+    """AgentConfig's sigma 0.5 falling to 0.05 unless the settings give one (the last episode's
+    sigma then at most that)."""
+    made = []
+
+    def spy(env, config, **kwargs):
+        made.append(config)
+        return make_agent(env, config, **kwargs)
+
+    monkeypatch.setattr(methods, "make_agent", spy)
+    run_method(
+        "agent", _env(digits_vgg_small, digits_splits), SearchSettings(3, 0, 1, noise_sigma=sigma)
+    )
+    assert made[0].noise_sigma == (0.5 if sigma is None else sigma)
+    assert made[0].noise_final == final
