@@ -25,13 +25,7 @@ from typing import Any
 
 from agents.ddpg import AMCDDPG, AgentConfig, make_agent
 from agents.search import run_search
-from envs.baselines import (
-    global_for_target,
-    random_search,
-    sampled_search,
-    tpe_search,
-    uniform_for_target,
-)
+from envs.baselines import TARGET_RULES, random_search, sampled_search, tpe_search
 from envs.pruning_env import ChannelPruningEnv
 from models.errors import RlpruneError
 
@@ -164,15 +158,14 @@ def _search(run: Callable[[ChannelPruningEnv, int, int], dict[str, Any]]) -> Sea
 
 #: Every method by name; ``uniform`` and ``global`` are rules (see :data:`RULES`).
 SEARCH_METHODS: dict[str, SearchMethod] = {
-    "uniform": _rule(uniform_for_target),
-    "global": _rule(global_for_target),
+    **{name: _rule(rule) for name, rule in TARGET_RULES.items()},
     "random": _search(random_search),
     "sampled": _search(sampled_search),
     "tpe": _search(tpe_search),
     "agent": agent_search,
 }
 #: Methods whose result depends on neither the seed nor the budget: one strategy, no history.
-RULES = ("uniform", "global")
+RULES = tuple(TARGET_RULES)
 
 
 def run_method(name: str, env: ChannelPruningEnv, settings: SearchSettings) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from envs.baselines import global_for_target, uniform_for_target
+from envs.baselines import TARGET_RULES
 from envs.latency import compare_latency, reporting_config
 from envs.pruning_env import ChannelPruningEnv
 from models.data import stratified_subset
@@ -61,9 +61,10 @@ class SelectionConfig:
         retime_pool: How many of the search's best (by reward) are timed, so that ``top_k``
             remain when some fail the check; at least ``top_k``.
         latency_passes: Interleaved passes of the re-timing (best pass per model).
-        rule_candidate: First evaluate the rules at the target (:data:`RULES`: uniform and
-            global magnitude pruning, bisected on the env's measured cost) into the env's
-            results, so they compete for the top-k by their reward like any architecture the
+        rule_candidate: First evaluate the rules at the target
+            (:data:`envs.baselines.TARGET_RULES`: uniform and global magnitude pruning, bisected
+            on the env's measured cost, once per env: :meth:`ChannelPruningEnv.rule`) into the
+            env's results, so they compete for the top-k by their reward like any architecture the
             search found: a search then delivers less than the better rule only where the
             re-scoring judges it worse.
         rule_margin: When rules are among the re-scored candidates, the best-scored of them is
@@ -99,9 +100,6 @@ class SelectionConfig:
                 f"{self.rule_margin}"
             )
 
-
-#: The rules evaluated as candidates (``SelectionConfig.rule_candidate``), by name.
-RULES = {"uniform": uniform_for_target, "global": global_for_target}
 
 #: ``{name: model}`` (``"original"`` among them) -> ``{name: latency / original's}``.
 RelativeLatencyTimer = Callable[[Mapping[str, nn.Module]], Mapping[str, float]]
@@ -185,13 +183,13 @@ def select_strategy(
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
         reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best), ``rule``
-        (the name in :data:`RULES` of the rule at the target it is, else None) and, when
-        re-timed, ``measured_relative_latency``. The chosen result has ``rule`` too.
+        (the name in :data:`~envs.baselines.TARGET_RULES` of the rule at the target it is, else
+        None) and, when re-timed, ``measured_relative_latency``. The chosen result has ``rule`` too.
     """
     retime = config.retime and env.config.cost == "latency"
     rules: dict[str, dict[str, int]] = {}
-    if config.rule_candidate and env.evaluated_results():  # cached in the env's results
-        rules = {name: rule(env)["kept_channels"] for name, rule in RULES.items()}
+    if config.rule_candidate and env.evaluated_results():
+        rules = {name: env.rule(name)["kept_channels"] for name in TARGET_RULES}
     pool = top_results(env, max(config.retime_pool, config.top_k) if retime else config.top_k)
     if not pool:
         raise ValueError("the env evaluated no strategy yet; run a search first")

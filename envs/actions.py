@@ -98,14 +98,10 @@ def remaining_uniform_ratio(
         each keep); 0 when the decided units already meet the target unpruned,
         ``max_pruning_ratio`` when even that does not.
     """
-    t = len(decided)
-    if not 0 <= t < num_units:
-        raise RlpruneError(f"{t} units decided of {num_units}: no unit left to choose a ratio for")
-
-    def cost_at(ratio: float) -> float:
-        return cost_model([*decided, *([1.0 - ratio] * (num_units - t))])
-
-    return smallest_meeting(cost_at, target_cost, max_pruning_ratio, tol)
+    # Uniform pruning is the anchor that keeps everything, shifted: keep 1 - ratio everywhere.
+    return remaining_anchor_ratio(
+        cost_model, decided, [1.0] * num_units, target_cost, max_pruning_ratio, tol
+    )
 
 
 def remaining_anchor_ratio(
@@ -122,9 +118,10 @@ def remaining_anchor_ratio(
     The remaining units ``j = len(decided)..`` keep ``clip(anchor_keep[j] - s, 1 -
     max_pruning_ratio, 1)``; ``s`` is the smallest shift (in kept fraction, bisected over
     ``[-1, 1]``: the cost does not increase with it) whose cost is at most ``target_cost``.
-    A uniform anchor gives :func:`remaining_uniform_ratio`; a per-unit anchor (global magnitude
-    pruning's ratios) keeps its shape. When ``decided`` follows the anchor and ``target_cost``
-    is the anchor's own cost, ``s`` is 0 (within ``tol``) and the result is the anchor's ratio.
+    An anchor that keeps everything gives :func:`remaining_uniform_ratio`; a per-unit anchor
+    (global magnitude pruning's ratios) keeps its shape. When ``decided`` follows the anchor and
+    ``target_cost`` is the anchor's own cost, ``s`` is 0 (within ``tol``) and the result is the
+    anchor's ratio.
 
     Args:
         cost_model: estimated cost as a function of the kept fraction of every unit.

@@ -179,6 +179,12 @@ def global_for_target(
     return {**result, "threshold": threshold(q), "quantile": q}
 
 
+#: The rules tuned to a cost target, by name: ``(env, target=None) -> result``. The env measures
+#: each once at its own target (:meth:`ChannelPruningEnv.rule`) for its anchor and the final
+#: selection's candidates.
+TARGET_RULES = {"uniform": uniform_for_target, "global": global_for_target}
+
+
 def _rollout(env: ChannelPruningEnv, rng: np.random.Generator, seed: int | None) -> dict[str, Any]:
     """One episode of uniform random actions; the info of its last step."""
     env.reset(seed=seed)

@@ -21,7 +21,6 @@ from envs.actions import (
     relative_action_to_ratio,
     relative_ratio_to_action,
     remaining_anchor_ratio,
-    remaining_uniform_ratio,
 )
 from envs.budget import check_reachable, required_pruning_ratio
 from envs.cost import CostModel, LatencyCost, MacsCost
@@ -368,6 +367,7 @@ class ChannelPruningEnv(gym.Env):
         #: its name (``"uniform"`` or ``"global"``); set by :meth:`ensure_anchor`.
         self.anchor_keep: list[float] | None = None
         self.anchor_name: str | None = None
+        self._rules: dict[str, dict[str, Any]] = {}  # see rule()
 
     # ----------------------------------------------------------------- cost models
     @property
@@ -412,13 +412,23 @@ class ChannelPruningEnv(gym.Env):
         """
         if not self.anchored or self.anchor_keep is not None:
             return
-        from envs.baselines import global_for_target, uniform_for_target  # they build on this
+        names = (
+            ["uniform", "global"]
+            if self.config.anchor_rule == "best"
+            else [self.config.anchor_rule]
+        )
+        self.anchor_name = max(names, key=lambda name: self.rule(name)["reward"])
+        self.anchor_keep = self.pruner.keep_fractions(self.rule(self.anchor_name)["strategy"])
 
-        rules = {"uniform": uniform_for_target, "global": global_for_target}
-        names = list(rules) if self.config.anchor_rule == "best" else [self.config.anchor_rule]
-        measured = {name: rules[name](self) for name in names}
-        self.anchor_name = max(names, key=lambda name: measured[name]["reward"])
-        self.anchor_keep = self.pruner.keep_fractions(measured[self.anchor_name]["strategy"])
+    def rule(self, name: str) -> dict[str, Any]:
+        """The rule ``name`` of :data:`envs.baselines.TARGET_RULES` at the env's target, bisected on
+        the measured cost and evaluated (:meth:`evaluate_strategy`'s result) the first time it is
+        asked for, the same result after: the anchor and the final selection share it."""
+        if name not in self._rules:
+            from envs.baselines import TARGET_RULES  # baselines builds on this module
+
+            self._rules[name] = TARGET_RULES[name](self)
+        return self._rules[name]
 
     def estimate_target(self) -> float:
         """The estimated cost the action wall and the relative centre aim at: the target, or
@@ -432,16 +442,11 @@ class ChannelPruningEnv(gym.Env):
         aim = (self.cost.estimate, self._keep, self.num_units, self.estimate_target())
         # The wall and (relative actions) action 0 for this unit; step() reuses both.
         self._floor = required_pruning_ratio(*aim, self.config.max_pruning_ratio)
-        if self.config.actions == "relative" and self.anchor_keep is not None:
+        if self.config.actions == "relative":  # no anchor: uniform pruning, keep 1 shifted
+            anchor = self.anchor_keep or [1.0] * self.num_units
             self._centre = remaining_anchor_ratio(
-                self.cost.estimate,
-                self._keep,
-                self.anchor_keep,
-                aim[-1],
-                self.config.max_pruning_ratio,
+                self.cost.estimate, self._keep, anchor, aim[-1], self.config.max_pruning_ratio
             )
-        elif self.config.actions == "relative":
-            self._centre = remaining_uniform_ratio(*aim, self.config.max_pruning_ratio)
         ones = [1.0] * (self.num_units - t)
         return unit_features(
             self.units[t],
