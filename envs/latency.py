@@ -228,10 +228,13 @@ class LatencyMeter:
         threshold: the relative latency that decides something (the target plus its tolerance):
             timing also stops once it is known to be below or above it, as more precision would not
             change the decision. None: only ``rel_tol`` stops.
+        store: measurements kept beyond this meter (:class:`envs.latency_store.MeasurementStore`):
+            asked before timing, given what was timed, so meters sharing it agree. None: only
+            this meter's memory.
 
     Attributes:
         reference_stats: Latency of the reference, measured at construction.
-        hits: Calls of :meth:`relative_latency` answered from the cache.
+        hits: Calls of :meth:`relative_latency` answered from the cache (or the store).
         misses: Calls that measured.
         backend: Compiles the models for ``config.backend`` (its ``exports`` and ``compile_s``
             count the cost); a cache hit compiles nothing.
@@ -243,11 +246,13 @@ class LatencyMeter:
         input_shape: tuple[int, int, int],
         config: LatencyConfig = LatencyConfig(),
         threshold: float | None = None,
+        store: Any = None,
     ) -> None:
         self.reference = reference
         self.input_shape = input_shape
         self.config = config
         self.threshold = threshold
+        self.store = store
         self.backend = make_backend(config)
         self.reference_stats = measure_latency(reference, input_shape, config, self.backend)
         self.hits = 0
@@ -268,6 +273,11 @@ class LatencyMeter:
         if key in self._cache:
             self.hits += 1
             return self._cache[key]
+        stored = self.store.get(model) if self.store is not None else None
+        if stored is not None:
+            self.hits += 1
+            self._cache[key] = stored
+            return stored
         self.misses += 1
         cfg = self.config
         with _timing(cfg):
@@ -289,6 +299,8 @@ class LatencyMeter:
         relative, _ = paired_relative_latency(*times)
         result = (relative, LatencyStats.from_times(times[0]))
         self._cache[key] = result
+        if self.store is not None:
+            self.store.put(model, *result)
         return result
 
     def _known(self, times: tuple[list[float], list[float]], pairs: int) -> bool:

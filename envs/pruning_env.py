@@ -26,6 +26,7 @@ from envs.budget import check_reachable, required_pruning_ratio
 from envs.cost import CostModel, LatencyCost, MacsCost
 from envs.features import DEFAULT_FEATURES, NetworkContext, check_features, unit_features
 from envs.latency import LatencyConfig, LatencyMeter, profile_layers
+from envs.latency_store import MeasurementStore
 from envs.latency_table import LatencyTable, TableLatency, cached_table, device_name, load_table
 from envs.pruning import Pruner, count_cost, recalibrate_bn
 from envs.reconstruction import Reconstructor
@@ -148,7 +149,11 @@ class MeasuredLatency:
         tables: directory of saved per-layer latency tables (:mod:`envs.latency_table`): the
             reference's profile is read from there when this device measured it before with
             these settings, else measured and saved there. None: always measured, not saved.
-        model_name: names the saved table.
+        model_name: names the saved table (and the store file).
+        store: directory of kept measurements (:class:`envs.latency_store.MeasurementStore`):
+            every candidate's relative latency is read from there when an earlier env measured
+            that architecture with these settings and threshold, else timed and added. Envs that
+            share it get one number per architecture. None: this env's memory only.
 
     Attributes:
         table: the reference's latency table once :meth:`profile` ran with ``tables``.
@@ -163,11 +168,17 @@ class MeasuredLatency:
         threshold: float | None = None,
         tables: str | Path | None = None,
         model_name: str = "model",
+        store: str | Path | None = None,
     ):
         self.reference = reference
         self.input_shape = input_shape
         self.config = config
-        self.meter = LatencyMeter(reference, input_shape, config, threshold=threshold)
+        kept = (
+            None
+            if store is None
+            else MeasurementStore(store, reference, config, threshold, model_name)
+        )
+        self.meter = LatencyMeter(reference, input_shape, config, threshold=threshold, store=kept)
         self.tables, self.model_name = tables, model_name
         self.table: LatencyTable | None = None
         self.table_path: Path | None = None
@@ -244,7 +255,8 @@ class ChannelPruningEnv(gym.Env):
     Latency comes from ``latency`` if given (a :class:`LatencySource`), else from a table measured
     on another device (``latency_table``, a file: :class:`envs.latency_table.TableLatency`,
     nothing is timed), else it is measured (:class:`MeasuredLatency`, whose per-layer table is
-    saved in and reused from the directory ``latency_tables``).
+    saved in and reused from the directory ``latency_tables``, and whose measurements are kept in
+    the directory ``latency_store`` for other envs of the same model and target when given).
     """
 
     metadata = {"render_modes": []}
@@ -261,6 +273,7 @@ class ChannelPruningEnv(gym.Env):
         model_name: str = "model",
         latency_tables: str | Path | None = None,
         latency_table: str | Path | None = None,
+        latency_store: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.config = config or PruningEnvConfig()
@@ -305,7 +318,13 @@ class ChannelPruningEnv(gym.Env):
             table = load_table(latency_table)
             latency = TableLatency(table, latency_table, self.model, self.input_shape, lat_cfg)
         self.latency = latency or MeasuredLatency(
-            self.model, self.input_shape, lat_cfg, threshold, latency_tables, model_name
+            self.model,
+            self.input_shape,
+            lat_cfg,
+            threshold,
+            latency_tables,
+            model_name,
+            latency_store,
         )
         self.layer_latency_ms, self.overhead_ms = self.latency.profile(
             [c.name for c in self.layer_costs]

@@ -13,7 +13,11 @@ scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole rew
 result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings
 (annealed to zero) and evaluated again; all models of one task and target are then timed together,
 interleaved, best of several passes. Every finished cell (task, target, method, seed) is cached in
-``--output-dir``/cells, so an interrupted benchmark continues where it stopped. Writes
+``--output-dir``/cells, so an interrupted benchmark continues where it stopped. The searches'
+latency measurements are kept in ``--output-dir``/latency, one file per task, target and timing
+setting, shared by every method and seed: an architecture timed once has one relative latency in
+every env, so a rule lands on the same strategy in all of them (delete the folder to time afresh,
+e.g. on another machine load). Writes
 ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
@@ -268,8 +272,16 @@ def make_env(
     reconstruct: bool = False,
     round_to: int | None = None,
     actions: str = "absolute",
+    latency_dir: Path | None = None,
+    model_name: str = "model",
 ) -> ChannelPruningEnv:
-    """A fresh pruning env (own latency cache and calibration) for one method and seed."""
+    """A fresh pruning env (own calibration) for one method and seed.
+
+    With ``latency_dir`` the per-layer table of the base model and every measured relative latency
+    are kept there (:class:`envs.latency_store.MeasurementStore`), so all methods and seeds of a
+    task and target get one number per architecture: the same rule lands on the same strategy in
+    every env, and a search's incumbent is the rule it is compared with.
+    """
     cfg = PruningEnvConfig(
         target=target,
         cost=cost,
@@ -278,7 +290,15 @@ def make_env(
         round_to=round_to,
         actions=actions,
     )
-    return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg)
+    return ChannelPruningEnv(
+        model,
+        splits.train,
+        splits.reward_val,
+        cfg,
+        latency_tables=latency_dir,
+        latency_store=latency_dir,
+        model_name=model_name,
+    )
 
 
 def search_strategy(
@@ -289,10 +309,13 @@ def search_strategy(
     seed: int,
     args: argparse.Namespace,
     run_dir: Path,
+    task_name: str = "model",
 ) -> dict[str, Any]:
     """Run one method in a fresh env; its strategy, search seconds and per-episode history.
 
-    Every search ends with the same final choice (:func:`select_strategy` of its top-k).
+    Every search ends with the same final choice (:func:`select_strategy` of its top-k). The env
+    keeps its latencies in ``<output-dir>/latency`` (the grandparent of ``run_dir``), shared by
+    every cell of the task (see :func:`make_env`).
     """
     variant = AGENT_VARIANTS.get(method, {})
     env = make_env(
@@ -304,6 +327,8 @@ def search_strategy(
         args.reconstruct,
         args.round_to,
         variant.get("actions", "absolute"),
+        run_dir.parent.parent / "latency",
+        task_name,
     )
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
     warmup = variant.get("warmup", args.warmup)
@@ -409,7 +434,9 @@ def run_task_target(
                 continue
             if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
                 run_dir = out / "runs" / f"{task_name}_t{target}_{method}{runtime}_s{seed}"
-                found = search_strategy(method, model, splits, target, seed, args, run_dir)
+                found = search_strategy(
+                    method, model, splits, target, seed, args, run_dir, task_name
+                )
             t0 = time.perf_counter()
             epochs = args.fine_tune_epochs if seed in ft_seeds else 0
             fine = FineTuneConfig(epochs, seed=seed, augment=augment, progress=progress)

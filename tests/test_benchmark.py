@@ -57,6 +57,12 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     agent = next(r for r in rows if r["method"] == "agent")
     assert len(agent["history"]) == 3 and agent["history"][0]["seconds"] > 0
     assert (out / "runs" / "tiny_t0.8_agent_s0" / "episodes.csv").is_file()
+    # Every env kept its measurements in the one store of this task and target (the MACs agent's
+    # env has no latency threshold: a file of its own), and each row's own latency is in it.
+    stores = [json.loads(f.read_text()) for f in (out / "latency").glob("tiny-measurements-*.json")]
+    assert sorted(s["identity"]["threshold"] is None for s in stores) == [False, True]
+    measured = {m["relative"] for s in stores for m in s["measurements"].values()}
+    assert {r["env_relative_latency"] for r in rows} <= measured
     for method in benchmark.SEARCHES:  # every search went through the final selection
         row = next(r for r in rows if r["method"] == method)
         # the choice is one of the --select-top-k re-scored (ranks among the search's best by

@@ -292,6 +292,28 @@ def test_relative_action_zero_is_global_magnitude_pruning_with_its_anchor(
         assert env.anchor_name == expected
 
 
+def test_envs_sharing_a_latency_store_find_the_same_rule_without_timing_it(
+    trained, mnist5k_splits, tmp_path
+):
+    """Measured latency: a second env on the same store (and per-layer table, which fixes the
+    estimate's calibration points) gets the first env's numbers, so the rule that bisects on
+    them lands on the same architecture and nothing is timed again."""
+    cfg = PruningEnvConfig(target=0.5, latency=LatencyConfig(batch_size=8, repeats=5))
+    kept = []
+    for _ in range(2):
+        env = ChannelPruningEnv(
+            trained,
+            mnist5k_splits.train,
+            mnist5k_splits.reward_val,
+            cfg,
+            latency_store=tmp_path,
+            latency_tables=tmp_path,
+        )
+        kept.append(global_for_target(env)["kept_channels"])
+    assert kept[0] == kept[1]
+    assert env.latency.meter.misses == 0 and env.latency.meter.hits > 3
+
+
 def test_relative_actions_redistribute_what_a_unit_spares(trained, mnist5k_splits):
     env = _env(
         trained, mnist5k_splits, cost="macs", target=0.5, actions="relative", anchor_rule="uniform"

@@ -21,6 +21,7 @@ from envs.latency import (
     profile_layers,
     shape_signature,
 )
+from envs.latency_store import MeasurementStore
 from envs.pruning import Pruner
 from models.architectures import SMALL_ARCHITECTURES
 from models.errors import RlpruneError
@@ -40,6 +41,9 @@ class Steps(nn.Module):
         busy_wait(self.durations_ms[self.calls % len(self.durations_ms)])
         self.calls += 1
         return x
+
+    def extra_repr(self) -> str:  # a schedule is an architecture (for the store's key)
+        return ", ".join(map(str, self.durations_ms))
 
 
 def test_stats_from_known_times():
@@ -169,3 +173,39 @@ def test_profile_layers_times_each_layer_of_known_duration():
     assert 1.0 < best["overhead"] < 1.5  # the unprofiled 1.2 ms layer
     with pytest.raises(RlpruneError, match="not layers"):
         profile_layers(model, SHAPE, ["nope"], FAST)
+
+
+def test_meters_sharing_a_store_agree_and_time_each_architecture_once(exact_clock, tmp_path):
+    cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
+    reference = Steps(4.0)
+
+    def meter(threshold=None):
+        store = MeasurementStore(tmp_path, reference, cfg, threshold, "net")
+        return LatencyMeter(reference, SHAPE, cfg, threshold, store=store)
+
+    first, concurrent = meter(), meter()  # two envs open the store before either writes
+    assert first.relative_latency(Steps(2.0))[0] == pytest.approx(0.5)
+    assert concurrent.relative_latency(Steps(1.0))[0] == pytest.approx(0.25)
+    assert len(MeasurementStore(tmp_path, reference, cfg, None, "net").entries) == 2  # merged
+    for candidate, expected in ((Steps(2.0), 0.5), (Steps(1.0), 0.25)):
+        later = meter()  # another env: reads the file, times nothing for a known architecture
+        ratio, stats = later.relative_latency(candidate)
+        assert (ratio, stats.n, candidate.calls) == (pytest.approx(expected), 5, 0)
+        assert (later.hits, later.misses) == (1, 0)
+    # The stopping rule depends on the threshold: another threshold is another file.
+    other = meter(threshold=0.6)
+    other.relative_latency(Steps(2.0))
+    assert (other.hits, other.misses) == (0, 1)
+    assert len(list(tmp_path.glob("net-measurements-*.json"))) == 2
+
+
+def test_an_unreadable_store_is_ignored_and_replaced(exact_clock, tmp_path):
+    cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
+    reference = Steps(4.0)
+    path = MeasurementStore(tmp_path, reference, cfg).path
+    path.write_text("{ torn")
+    with pytest.warns(UserWarning, match="unreadable latency store"):
+        store = MeasurementStore(tmp_path, reference, cfg)
+    meter = LatencyMeter(reference, SHAPE, cfg, store=store)
+    assert meter.relative_latency(Steps(2.0))[0] == pytest.approx(0.5) and meter.misses == 1
+    assert list(MeasurementStore(tmp_path, reference, cfg).entries.values())[0][0] == 0.5
