@@ -5,8 +5,9 @@ and the search's cheap signal ranks good strategies poorly (Distiller's AMC note
 among the good candidates). So the search keeps every distinct architecture it evaluated (the
 env's result cache), and :func:`select_strategy` re-scores the ``top_k`` by reward with a
 stronger evaluation: the env's repair (:meth:`~envs.pruning_env.ChannelPruningEnv.restore`:
-reconstruction if configured, BN recalibration), a short annealed fine-tune, then accuracy on the
-whole reward split.
+reconstruction if configured, BN recalibration), a short annealed fine-tune, then accuracy on a
+held-out split the search did not see when there is one (``score_set``: the benchmark's reward
+images beyond ``--reward-samples``), else on the whole reward split.
 Every search method (agent, random, TPE) gets the same protocol, so comparisons isolate the
 policy. The two rules at the target (uniform and global magnitude pruning, each bisected on the
 measured cost) are evaluated into the same results first and compete for the top-k like any
@@ -167,6 +168,7 @@ def select_strategy(
     train_set: TensorDataset,
     config: SelectionConfig = SelectionConfig(),
     timer: RelativeLatencyTimer | None = None,
+    score_set: TensorDataset | None = None,
 ) -> dict[str, Any]:
     """Re-scores the search's ``top_k`` results and returns the best by the stronger score.
 
@@ -178,6 +180,9 @@ def select_strategy(
         train_set: Images for BN recalibration and the short fine-tune.
         config: How many candidates and how strong a re-scoring.
         timer: Relative latency of each model to ``"original"`` (default: :func:`env_timer`).
+        score_set: The images of the re-score: best a held-out split the search never saw (its
+            best of many evaluations on the reward split is optimistic there, and more images
+            resolve closer candidates). None: the env's reward split.
 
     Returns:
         The chosen result (as :meth:`ChannelPruningEnv.evaluate_strategy` gives it, with
@@ -214,7 +219,8 @@ def select_strategy(
                     progress=False,
                     device=env.device,
                 )
-            right.append(correct_predictions(pruned, env.reward_val, env.device))
+            images = env.reward_val if score_set is None else score_set
+            right.append(correct_predictions(pruned, images, env.device))
             score = int(right[-1].sum()) / len(right[-1])
         name = next((n for n, kept in rules.items() if kept == result["kept_channels"]), None)
         scored.append({**result, "selection_score": score, "rule": name})

@@ -118,6 +118,9 @@ class DataSplits:
         class_names: Class names, indexed by label (digits: "0".."9"; torchvision datasets:
             theirs; imagefolder: the folder names).
         preprocessing: How the raw images became these tensors (mean, std, scale, resize).
+        selection_val: Held-out images the final selection re-scores its candidates on
+            (:func:`agents.selection.select_strategy`), disjoint from the reward split the search
+            saw; None (the loaders' default): the selection uses the reward split.
     """
 
     name: str
@@ -128,6 +131,7 @@ class DataSplits:
     num_classes: int
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
+    selection_val: TensorDataset | None = None
 
 
 @dataclass(frozen=True)
@@ -488,6 +492,23 @@ def stratified_subset(dataset: TensorDataset, n: int | None, seed: int = 0) -> T
     """A class-stratified, seeded subset of at most ``n`` samples (order kept; None: all)."""
     x, y = _subset(*dataset.tensors, n, seed)
     return dataset if x is dataset.tensors[0] else TensorDataset(x, y)
+
+
+def split_off(dataset: TensorDataset, n: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """(:func:`stratified_subset` of ``n`` samples, the other samples): two disjoint parts.
+
+    Raises:
+        ValueError: ``n`` leaves no sample for the second part.
+    """
+    y = dataset.tensors[1]
+    if not 0 < n < len(y):
+        raise ValueError(f"cannot split {n} of {len(y)} samples off and keep the rest non-empty")
+    keep = torch.from_numpy(stratified_subset_indices(y.numpy(), n, seed))
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[keep] = False
+    return TensorDataset(*(t[keep] for t in dataset.tensors)), TensorDataset(
+        *(t[rest] for t in dataset.tensors)
+    )
 
 
 def _subset(

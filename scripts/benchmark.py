@@ -9,7 +9,8 @@ the anchor rule, :mod:`envs.actions`), ``agent_local`` (relative actions, a shor
 small exploration sigma: a local search around the anchor rule) and ``agent_macs`` (DDPG, AMC's MACs
 proxy, same numeric target), the searches with the same number of episodes. Every search ends with
 the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-
-scored by BN recalibration + ``--select-steps`` fine-tune steps on the whole reward split). Each
+scored by BN recalibration + ``--select-steps`` fine-tune steps on the images of the reward split
+that ``--reward-samples`` held out from the searches, or on the whole reward split without it). Each
 result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings
 (annealed to zero) and evaluated again; all models of one task and target are then timed together,
 interleaved, best of several passes. Every finished cell (task, target, method, seed) is cached in
@@ -68,7 +69,7 @@ from envs.latency import LatencyConfig  # noqa: E402
 from envs.pruning import Pruner  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
-from models.data import DataSplits, load_dataset, stratified_subset  # noqa: E402
+from models.data import DataSplits, load_dataset, split_off  # noqa: E402
 from models.errors import BudgetError, RlpruneError  # noqa: E402
 from models.renamed import check_current_names  # noqa: E402
 from models.training import TrainConfig, get_base_model  # noqa: E402
@@ -197,7 +198,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-dir", default=None, help="base-model cache ($RLPRUNE_CACHE or ~/.cache)"
     )
     p.add_argument(
-        "--reward-samples", type=int, default=None, help="cap the reward split (stratified)"
+        "--reward-samples",
+        type=int,
+        default=None,
+        help="cap the reward split the searches see (stratified); the rest of it is held out for "
+        "their final selection's re-score",
     )
     p.add_argument(
         "--threads", type=int, default=default("threads"), help="CPU threads for everything"
@@ -348,12 +353,14 @@ def search_strategy(
         selection = SelectionConfig(
             top_k=args.select_top_k, fine_tune_steps=args.select_steps, seed=seed
         )
-        chosen = select_strategy(env, splits.train, selection)
+        chosen = select_strategy(env, splits.train, selection, score_set=splits.selection_val)
         found["strategy"] = chosen["strategy"]
         found["select_s"] = time.perf_counter() - t0
         found["selected_rank"] = chosen["search_rank"]
         found["rescored_ranks"] = [c["search_rank"] for c in chosen["candidates"]]
         found["selected_rule"] = chosen["rule"]
+        images = env.reward_val if splits.selection_val is None else splits.selection_val
+        found["selection_images"] = len(images.tensors[1])
     return found
 
 
@@ -418,10 +425,14 @@ def run_task_target(
     runtime += "_rec" if args.reconstruct else ""  # another evaluator: other cells
     for method in methods:
         deterministic = method not in SEARCHES
+        # A search re-scored on held-out images is another cell than one re-scored on its own
+        # reward split.
+        name = f"{task_name}_t{target}_{method}{runtime}"
+        name += "_ho" if method in SEARCHES and splits.selection_val is not None else ""
         found = None
         for seed in seeds:
             key = f"{method}/s{seed}"
-            cell = out / "cells" / f"{task_name}_t{target}_{method}{runtime}_s{seed}.json"
+            cell = out / "cells" / f"{name}_s{seed}.json"
             if cell.is_file():
                 row = read_cell(cell)
                 if pruner is None:
@@ -433,7 +444,7 @@ def run_task_target(
                 print(f"  {task_name} t={target} {method} s{seed}: cached", flush=True)
                 continue
             if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
-                run_dir = out / "runs" / f"{task_name}_t{target}_{method}{runtime}_s{seed}"
+                run_dir = out / "runs" / f"{name}_s{seed}"
                 found = search_strategy(
                     method, model, splits, target, seed, args, run_dir, task_name
                 )
@@ -459,6 +470,7 @@ def run_task_target(
                 "selected_rank": found.get("selected_rank"),
                 "rescored_ranks": found.get("rescored_ranks"),
                 "selected_rule": found.get("selected_rule"),
+                "selection_images": found.get("selection_images"),
                 "search_best_reward_acc": found.get("search_best_reward_acc"),
                 "score_s": time.perf_counter() - t0,
                 "strategy": found["strategy"],
@@ -499,9 +511,11 @@ def load_task(
         train["init_from"] = str(repo_root / train["init_from"])
     cfg = TrainConfig(**train, seed=0, progress=not args.no_progress)
     model, info = get_base_model(task.model, splits, config=cfg, cache_dir=args.cache_dir)
-    if args.reward_samples:  # only now: the base-model cache is keyed on the full splits
-        reward = stratified_subset(splits.reward_val, args.reward_samples)
-        splits = replace(splits, reward_val=reward)
+    if args.reward_samples and args.reward_samples < len(splits.reward_val.tensors[1]):
+        # Only now: the base-model cache is keyed on the full splits. The rest of the reward
+        # split is held out from the searches for their final selection.
+        reward, held_out = split_off(splits.reward_val, args.reward_samples)
+        splits = replace(splits, reward_val=reward, selection_val=held_out)
     info = {
         "model": task.model,
         "dataset": splits.name,

@@ -103,15 +103,19 @@ def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
         "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
         "--warmup", "1", "--fine-tune-epochs", "0", "--latency-repeats", "3",
         "--latency-passes", "1", "--no-progress", "--methods", "uniform,sampled",
-        "--select-top-k", "1", "--round-to", "8", "--reconstruct", "--output-dir", str(out),
+        "--select-top-k", "2", "--round-to", "8", "--reconstruct", "--output-dir", str(out),
+        "--reward-samples", "100",
     )  # fmt: skip
     proc = _run(*flags, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # aligned widths and the reconstruction evaluator are other cells than the plain ones
+    # aligned widths and the reconstruction evaluator are other cells than the plain ones, and
+    # so is a search re-scored on the 80 reward images (of digits' 180) held out from it
     assert sorted(p.name for p in (out / "cells").iterdir()) == [
-        "tiny_t0.8_sampled_r8_rec_s0.json",
+        "tiny_t0.8_sampled_r8_rec_ho_s0.json",
         "tiny_t0.8_uniform_r8_rec_s0.json",
     ]
+    sampled = json.loads((out / "cells" / "tiny_t0.8_sampled_r8_rec_ho_s0.json").read_text())
+    assert sampled["selection_images"] == 80
     import torch
 
     from envs.pruning import Pruner, count_cost

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from models.data import (
     DataSplits,
     list_datasets,
     load_dataset,
+    split_off,
     stratified_order,
+    stratified_subset,
     stratified_subset_indices,
 )
 from models.errors import DatasetError
@@ -124,3 +127,15 @@ def test_imagefolder_errors_name_the_problem(tmp_path: Path, monkeypatch) -> Non
     (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DatasetError, match="broken.png"):
         load_dataset(f"imagefolder:{tmp_path / 'imgs'}")
+
+
+def test_split_off_gives_two_disjoint_parts_the_first_stratified():
+    y = torch.tensor([0] * 6 + [1] * 4)
+    x = torch.arange(10).float().unsqueeze(1)  # each sample's index
+    first, rest = split_off(TensorDataset(x, y), 5, seed=0)
+    assert first.tensors[1].tolist().count(0) == 3 and first.tensors[1].tolist().count(1) == 2
+    indices = first.tensors[0].squeeze(1).tolist() + rest.tensors[0].squeeze(1).tolist()
+    assert sorted(indices) == list(range(10))  # disjoint, and nothing lost
+    assert torch.equal(first.tensors[0], stratified_subset(TensorDataset(x, y), 5).tensors[0])
+    with pytest.raises(ValueError, match="cannot split 10 of 10"):
+        split_off(TensorDataset(x, y), 10)

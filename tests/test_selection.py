@@ -69,6 +69,24 @@ def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> N
     assert strategy_of(env, chosen["kept_channels"]) == chosen["strategy"]
 
 
+def test_selection_rescores_on_a_held_out_split(searched, digits_splits) -> None:
+    """With ``score_set`` every candidate's score is its accuracy on those images (recomputed
+    by hand), not on the reward split the search optimised."""
+    env, _ = searched
+    config = SelectionConfig(top_k=3, fine_tune_steps=5, seed=1, rule_candidate=False)
+    held_out = digits_splits.test
+    chosen = select_strategy(env, digits_splits.train, config, score_set=held_out)
+    on_reward = []
+    for candidate in chosen["candidates"]:
+        pruned = env.pruner.prune_to(candidate["kept_channels"])
+        recalibrate_bn(pruned, digits_splits.train, num_batches=env.config.bn_batches)
+        subset = _steps_subset(digits_splits.train, 5, 1)
+        fine_tune(pruned, subset, 1, lr=0.01, seed=1, progress=False)
+        assert evaluate(pruned, held_out) == candidate["selection_score"]
+        on_reward.append(evaluate(pruned, env.reward_val))
+    assert on_reward != [c["selection_score"] for c in chosen["candidates"]]
+
+
 @pytest.fixture(scope="module")
 def searched_latency(digits_splits, digits_vgg_small):
     """A search under a latency target whose "latency" is the relative MACs (deterministic)."""
