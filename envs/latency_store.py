@@ -90,7 +90,8 @@ class MeasurementStore:
 
     def put(self, model: nn.Module, relative: float, stats: LatencyStats) -> None:
         """Add a measurement and write the file (merged with what other envs added meanwhile)."""
-        self.entries = {**self._read(), **self.entries, architecture_id(model): (relative, stats)}
+        kept = self._read(warn=False)  # an unreadable file was reported when it was opened
+        self.entries = {**kept, **self.entries, architecture_id(model): (relative, stats)}
         write_json_atomic(
             self.path,
             {
@@ -103,13 +104,16 @@ class MeasurementStore:
             indent=None,
         )
 
-    def _read(self) -> dict[str, tuple[float, LatencyStats]]:
+    def _read(self, warn: bool = True) -> dict[str, tuple[float, LatencyStats]]:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            warnings.warn(f"ignoring unreadable latency store {self.path} ({err})", stacklevel=3)
+            if warn:
+                warnings.warn(
+                    f"ignoring unreadable latency store {self.path} ({err})", stacklevel=3
+                )
             return {}
         if (
             not isinstance(data, dict)
@@ -129,6 +133,9 @@ class MeasurementStore:
                 )
                 entries[str(key)] = (float(row["relative"]), stats)
         except (KeyError, TypeError, ValueError) as err:
-            warnings.warn(f"ignoring malformed latency store {self.path} ({err!r})", stacklevel=3)
+            if warn:
+                warnings.warn(
+                    f"ignoring malformed latency store {self.path} ({err!r})", stacklevel=3
+                )
             return {}
         return entries
