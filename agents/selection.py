@@ -24,7 +24,11 @@ With a latency target the candidates are first timed again with the reporting pr
 (:func:`envs.latency.compare_latency`: interleaved with the original, every repeat, best of
 several passes), and those over ``target * (1 + tolerance)`` are dropped: the search's adaptive
 timing and its calibrated estimate can disagree with the final timing (a clean-clone default run
-delivered 0.55 at target 0.5), and a model over its latency budget is not a deliverable.
+delivered 0.55 at target 0.5), and a model over its latency budget is not a deliverable. A
+candidate is dropped only when a second, longer timing confirms it
+(``SelectionConfig.confirm_passes``): a disturbance only ever adds time, and searches crowd the
+boundary, so one disturbed pass of three dropped a rule that times 0.50-0.52 at target 0.5 (limit
+0.525) from a TPE search's candidates in the 8th session's benchmark.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class SelectionConfig:
         retime_pool: How many of the search's best (by reward) are timed, so that ``top_k``
             remain when some fail the check; at least ``top_k``.
         latency_passes: Interleaved passes of the re-timing (best pass per model).
+        confirm_passes: Candidates the re-timing puts over the budget by at most
+            ``confirm_band`` are timed again, with the original, in this many passes, and the
+            longer timing decides (its ratio is the one recorded); 0: one timing decides.
+        confirm_band: How far over ``target * (1 + tolerance)`` (relative) a candidate may time
+            and still get the confirming timing; one further over is dropped at once.
         rule_candidate: First evaluate the rules at the target
             (:data:`envs.baselines.TARGET_RULES`: uniform and global magnitude pruning, bisected
             on the env's measured cost, once per env: :meth:`ChannelPruningEnv.rule`) into the
@@ -82,6 +91,8 @@ class SelectionConfig:
     tolerance: float = 0.05
     retime_pool: int = 10
     latency_passes: int = 3
+    confirm_passes: int = 6
+    confirm_band: float = 0.1
     rule_candidate: bool = True
     rule_margin: float = 1.0
 
@@ -92,13 +103,16 @@ class SelectionConfig:
             or self.lr <= 0
             or self.tolerance < 0
             or self.latency_passes < 1
+            or self.confirm_passes < 0
+            or self.confirm_band < 0
             or self.rule_margin < 0
         ):
             raise ValueError(
                 f"selection needs top_k >= 1, fine_tune_steps >= 0, lr > 0, tolerance >= 0, "
-                f"latency_passes >= 1 and rule_margin >= 0, got {self.top_k}, "
-                f"{self.fine_tune_steps}, {self.lr}, {self.tolerance}, {self.latency_passes}, "
-                f"{self.rule_margin}"
+                f"latency_passes >= 1, confirm_passes >= 0, confirm_band >= 0 and "
+                f"rule_margin >= 0, got {self.top_k}, {self.fine_tune_steps}, {self.lr}, "
+                f"{self.tolerance}, {self.latency_passes}, {self.confirm_passes}, "
+                f"{self.confirm_band}, {self.rule_margin}"
             )
 
 
@@ -138,17 +152,36 @@ def within_latency(
 ) -> list[dict[str, Any]]:
     """``results`` re-timed (``measured_relative_latency`` added), filtered to the latency budget.
 
-    Keeps the order. When none is within ``target * (1 + tolerance)``, returns the one with the
-    lowest measured relative latency alone, with a warning (the search found nothing deliverable).
+    Keeps the order. A result timed over ``target * (1 + tolerance)`` by at most
+    ``config.confirm_band`` is timed again, with the original, in ``config.confirm_passes``
+    passes, and that timing decides (a disturbance only ever adds time, so one high timing of a
+    model near the boundary is weak evidence; ``confirmed`` marks such results). When none is
+    within the budget, returns the one with the lowest measured relative latency alone, with a
+    warning (the search found nothing deliverable).
     """
-    timer = timer or env_timer(env, config.latency_passes)
+    first = timer or env_timer(env, config.latency_passes)
     models = {"original": env.model}
     models.update({f"c{i}": env.pruner.prune_to(r["kept_channels"]) for i, r in enumerate(results)})
-    relative = timer(models)
-    timed = [
-        {**r, "measured_relative_latency": float(relative[f"c{i}"])} for i, r in enumerate(results)
-    ]
+    relative = dict(first(models))
     limit = env.config.target * (1 + config.tolerance)
+    doubtful = [
+        name
+        for name in models
+        if name != "original" and limit < relative[name] <= limit * (1 + config.confirm_band)
+    ]
+    if doubtful and config.confirm_passes:
+        # A given timer (a test's, or another device's) does its own passes.
+        confirm = timer or env_timer(env, config.confirm_passes)
+        again = confirm({"original": env.model, **{name: models[name] for name in doubtful}})
+        relative.update({name: again[name] for name in doubtful})
+    timed = [
+        {
+            **r,
+            "measured_relative_latency": float(relative[f"c{i}"]),
+            **({"confirmed": True} if f"c{i}" in doubtful and config.confirm_passes else {}),
+        }
+        for i, r in enumerate(results)
+    ]
     kept = [r for r in timed if r["measured_relative_latency"] <= limit]
     if kept:
         return kept
@@ -189,7 +222,9 @@ def select_strategy(
         ``strategy``) plus ``selection_score`` and ``candidates``: per candidate its search
         reward, accuracy, ``selection_score``, ``search_rank`` (0 = the search's best), ``rule``
         (the name in :data:`~envs.baselines.TARGET_RULES` of the rule at the target it is, else
-        None) and, when re-timed, ``measured_relative_latency``. The chosen result has ``rule`` too.
+        None) and, when re-timed, ``measured_relative_latency`` (and ``confirmed`` when a second
+        timing decided it). The chosen result has ``rule`` too, and ``selection_images``: the
+        number of images the re-score used (0 when a single candidate was not re-scored).
     """
     retime = config.retime and env.config.cost == "latency"
     rules: dict[str, dict[str, int]] = {}
@@ -203,6 +238,7 @@ def select_strategy(
         pool = within_latency(env, pool, config, timer)
     top = pool[: config.top_k]
     subset = _steps_subset(train_set, config.fine_tune_steps, config.seed) if len(top) > 1 else None
+    images = env.reward_val if score_set is None else score_set
     scored, right = [], []
     for result in top:
         if len(top) == 1:
@@ -219,7 +255,6 @@ def select_strategy(
                     progress=False,
                     device=env.device,
                 )
-            images = env.reward_val if score_set is None else score_set
             right.append(correct_predictions(pruned, images, env.device))
             score = int(right[-1].sum()) / len(right[-1])
         name = next((n for n, kept in rules.items() if kept == result["kept_channels"]), None)
@@ -234,15 +269,16 @@ def select_strategy(
             "selection_score": r["selection_score"],
             "rule": r["rule"],
             "kept_channels": r["kept_channels"],
-            **(
-                {"measured_relative_latency": r["measured_relative_latency"]}
-                if "measured_relative_latency" in r
-                else {}
-            ),
+            **{k: r[k] for k in ("measured_relative_latency", "confirmed") if k in r},
         }
         for r in scored
     ]
-    return {**chosen, "strategy": strategy, "candidates": candidates}
+    return {
+        **chosen,
+        "strategy": strategy,
+        "candidates": candidates,
+        "selection_images": len(images.tensors[1]) if len(top) > 1 else 0,
+    }
 
 
 def final_choice(scored: list[dict[str, Any]], right: list[torch.Tensor], margin: float) -> int:

@@ -359,8 +359,7 @@ def search_strategy(
         found["selected_rank"] = chosen["search_rank"]
         found["rescored_ranks"] = [c["search_rank"] for c in chosen["candidates"]]
         found["selected_rule"] = chosen["rule"]
-        images = env.reward_val if splits.selection_val is None else splits.selection_val
-        found["selection_images"] = len(images.tensors[1])
+        found["selection_images"] = chosen["selection_images"]
     return found
 
 

@@ -66,6 +66,7 @@ def test_selection_rescores_with_a_short_fine_tune(searched, digits_splits) -> N
     recalibrate_bn(pruned, digits_splits.train, num_batches=env.config.bn_batches)
     fine_tune(pruned, _steps_subset(digits_splits.train, 5, 1), 1, lr=0.01, seed=1, progress=False)
     assert evaluate(pruned, env.reward_val) == chosen["selection_score"]
+    assert chosen["selection_images"] == len(env.reward_val)
     assert strategy_of(env, chosen["kept_channels"]) == chosen["strategy"]
 
 
@@ -76,6 +77,7 @@ def test_selection_rescores_on_a_held_out_split(searched, digits_splits) -> None
     config = SelectionConfig(top_k=3, fine_tune_steps=5, seed=1, rule_candidate=False)
     held_out = digits_splits.test
     chosen = select_strategy(env, digits_splits.train, config, score_set=held_out)
+    assert chosen["selection_images"] == len(held_out)
     on_reward = []
     for candidate in chosen["candidates"]:
         pruned = env.pruner.prune_to(candidate["kept_channels"])
@@ -129,6 +131,47 @@ def test_retiming_drops_candidates_over_the_latency_budget(searched_latency, dig
         assert c["measured_relative_latency"] == pytest.approx(count_cost(pruned, x)[0] / base)
         assert c["measured_relative_latency"] <= 0.5 * 1.05
     assert chosen["search_rank"] in (1, 3)
+
+
+def test_a_near_boundary_drop_is_confirmed_by_a_longer_timing(searched_latency, digits_splits):
+    """One high timing just over the budget does not drop a candidate: it is timed again (with
+    the original) and the second timing decides; far over the budget drops at once."""
+    env = searched_latency
+    x = torch.zeros(1, 1, 8, 8)
+    base, _ = count_cost(env.model, x)
+    macs = [
+        count_cost(env.pruner.prune_to(r["kept_channels"]), x)[0] / base
+        for r in top_results(env, 4)
+    ]
+    limit = 0.5 * 1.05
+    # First timing: c0 just over (within the 10% band), c1 just over, c2 far over (twice the
+    # limit), c3 as its MACs. Second timing: c0 back under the budget, c1 still over.
+    first = {"c0": limit * 1.04, "c1": limit * 1.08, "c2": limit * 2.0, "c3": macs[3]}
+    second = {"c0": limit * 0.97, "c1": limit * 1.02}
+    calls = []
+
+    def timer(models):
+        calls.append(list(models))
+        values = first if len(calls) == 1 else second
+        return {"original": 1.0, **{name: values[name] for name in models if name != "original"}}
+
+    config = SelectionConfig(top_k=4, fine_tune_steps=0, retime_pool=4, rule_candidate=False)
+    chosen = select_strategy(env, digits_splits.train, config, timer=timer)
+    assert calls == [["original", "c0", "c1", "c2", "c3"], ["original", "c0", "c1"]]
+    by_rank = {c["search_rank"]: c for c in chosen["candidates"]}
+    assert sorted(by_rank) == [0, 3]
+    assert by_rank[0]["measured_relative_latency"] == pytest.approx(limit * 0.97)
+    assert by_rank[0]["confirmed"] is True
+    assert by_rank[3]["measured_relative_latency"] == pytest.approx(macs[3])
+    assert "confirmed" not in by_rank[3]
+
+    calls.clear()  # without the confirmation, the first timing decides
+    off = SelectionConfig(
+        top_k=4, fine_tune_steps=0, retime_pool=4, rule_candidate=False, confirm_passes=0
+    )
+    chosen = select_strategy(env, digits_splits.train, off, timer=timer)
+    assert len(calls) == 1
+    assert [c["search_rank"] for c in chosen["candidates"]] == [3]
 
 
 def test_retiming_delivers_the_fastest_when_none_is_within(searched_latency, digits_splits):
