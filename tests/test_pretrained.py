@@ -135,3 +135,17 @@ def test_a_warm_restart_is_shipped_beside_its_start(shipped, digits_splits, tmp_
     exact = train_settings(TrainConfig(epochs=1))
     assert find_pretrained("vgg_small", digits_splits, root, exact) == first
     assert find_pretrained("vgg_small", digits_splits, root, train_settings(restart)) == second
+
+
+def test_every_shipped_base_model_is_intact_and_fits_its_architecture() -> None:
+    """The committed weights in models/pretrained/ match their recorded SHA-256 (an LFS pointer
+    or a truncated commit would not) and load into the architecture the index names."""
+    from models.architectures import SMALL_ARCHITECTURES
+    from models.pretrained import PRETRAINED_DIR, read_index
+
+    entries = read_index(PRETRAINED_DIR)
+    assert {e["model"] for e in entries} >= {"resnet20", "plain20", "vgg_cifar"}
+    for entry in entries:
+        path = PRETRAINED_DIR / entry["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], entry["file"]
+        load_pretrained(SMALL_ARCHITECTURES[entry["model"]](), entry)  # raises if it does not fit
