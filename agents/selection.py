@@ -149,8 +149,9 @@ def within_latency(
     results: list[dict[str, Any]],
     config: SelectionConfig,
     timer: RelativeLatencyTimer | None = None,
-) -> list[dict[str, Any]]:
-    """``results`` re-timed (``measured_relative_latency`` added), filtered to the latency budget.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``results`` re-timed (``measured_relative_latency`` added), split into (within the latency
+    budget, dropped).
 
     Keeps the order. A result timed over ``target * (1 + tolerance)`` by at most
     ``config.confirm_band`` is timed again, with the original, in ``config.confirm_passes``
@@ -184,7 +185,7 @@ def within_latency(
     ]
     kept = [r for r in timed if r["measured_relative_latency"] <= limit]
     if kept:
-        return kept
+        return kept, [r for r in timed if r["measured_relative_latency"] > limit]
     fastest = min(timed, key=lambda r: r["measured_relative_latency"])
     warnings.warn(
         f"none of the search's {len(timed)} best strategies times within the latency target "
@@ -193,7 +194,7 @@ def within_latency(
         "episodes.",
         stacklevel=2,
     )
-    return [fastest]
+    return [fastest], [r for r in timed if r is not fastest]
 
 
 def select_strategy(
@@ -224,7 +225,9 @@ def select_strategy(
         (the name in :data:`~envs.baselines.TARGET_RULES` of the rule at the target it is, else
         None) and, when re-timed, ``measured_relative_latency`` (and ``confirmed`` when a second
         timing decided it). The chosen result has ``rule`` too, and ``selection_images``: the
-        number of images the re-score used (0 when a single candidate was not re-scored).
+        number of images the re-score used (0 when a single candidate was not re-scored), and
+        ``dropped``: the re-timed results over the latency budget (``search_rank``,
+        ``measured_relative_latency``, ``confirmed``: whether a second timing confirmed it).
     """
     retime = config.retime and env.config.cost == "latency"
     rules: dict[str, dict[str, int]] = {}
@@ -234,8 +237,9 @@ def select_strategy(
     if not pool:
         raise ValueError("the env evaluated no strategy yet; run a search first")
     pool = [{**r, "search_rank": rank} for rank, r in enumerate(pool)]
+    dropped: list[dict[str, Any]] = []
     if retime:
-        pool = within_latency(env, pool, config, timer)
+        pool, dropped = within_latency(env, pool, config, timer)
     top = pool[: config.top_k]
     subset = _steps_subset(train_set, config.fine_tune_steps, config.seed) if len(top) > 1 else None
     images = env.reward_val if score_set is None else score_set
@@ -278,6 +282,14 @@ def select_strategy(
         "strategy": strategy,
         "candidates": candidates,
         "selection_images": len(images.tensors[1]) if len(top) > 1 else 0,
+        "dropped": [
+            {
+                "search_rank": r["search_rank"],
+                "measured_relative_latency": r["measured_relative_latency"],
+                "confirmed": r.get("confirmed", False),
+            }
+            for r in dropped
+        ],
     }
 
 

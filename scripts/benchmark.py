@@ -360,6 +360,7 @@ def search_strategy(
         found["rescored_ranks"] = [c["search_rank"] for c in chosen["candidates"]]
         found["selected_rule"] = chosen["rule"]
         found["selection_images"] = chosen["selection_images"]
+        found["dropped_over_latency"] = chosen["dropped"]
     return found
 
 
@@ -470,6 +471,7 @@ def run_task_target(
                 "rescored_ranks": found.get("rescored_ranks"),
                 "selected_rule": found.get("selected_rule"),
                 "selection_images": found.get("selection_images"),
+                "dropped_over_latency": found.get("dropped_over_latency"),
                 "search_best_reward_acc": found.get("search_best_reward_acc"),
                 "score_s": time.perf_counter() - t0,
                 "strategy": found["strategy"],

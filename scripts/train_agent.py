@@ -299,6 +299,7 @@ def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix:
             "chosen_search_rank": chosen["search_rank"],
             "chosen_rule": chosen["rule"],
             "candidates": chosen["candidates"],
+            "dropped_over_latency": chosen["dropped"],
         },
     )
     rule = f" ({chosen['rule']} pruning at the target: no other beat it by the margin)"

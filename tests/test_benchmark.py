@@ -116,6 +116,9 @@ def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
     ]
     sampled = json.loads((out / "cells" / "tiny_t0.8_sampled_r8_rec_ho_s0.json").read_text())
     assert sampled["selection_images"] == 80
+    for dropped in sampled["dropped_over_latency"]:  # recorded: over 0.8 * 1.05, not re-scored
+        assert dropped["measured_relative_latency"] > 0.84
+        assert dropped["search_rank"] not in sampled["rescored_ranks"]
     import torch
 
     from envs.pruning import Pruner, count_cost

@@ -164,6 +164,10 @@ def test_a_near_boundary_drop_is_confirmed_by_a_longer_timing(searched_latency, 
     assert by_rank[0]["confirmed"] is True
     assert by_rank[3]["measured_relative_latency"] == pytest.approx(macs[3])
     assert "confirmed" not in by_rank[3]
+    assert chosen["dropped"] == [
+        {"search_rank": 1, "measured_relative_latency": limit * 1.02, "confirmed": True},
+        {"search_rank": 2, "measured_relative_latency": limit * 2.0, "confirmed": False},
+    ]
 
     calls.clear()  # without the confirmation, the first timing decides
     off = SelectionConfig(
