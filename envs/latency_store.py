@@ -110,32 +110,30 @@ class MeasurementStore:
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            if warn:
-                warnings.warn(
-                    f"ignoring unreadable latency store {self.path} ({err})", stacklevel=3
-                )
-            return {}
-        if (
-            not isinstance(data, dict)
-            or data.get("format") != STORE_FORMAT
-            or data.get("identity") != self.identity
-        ):
-            return {}
-        entries = {}
-        try:
-            for key, row in dict(data["measurements"]).items():
-                stats = LatencyStats(
-                    float(row["median_ms"]),
-                    float(row["p25_ms"]),
-                    float(row["p75_ms"]),
-                    float(row["min_ms"]),
-                    int(row["n"]),
-                )
-                entries[str(key)] = (float(row["relative"]), stats)
-        except (KeyError, TypeError, ValueError) as err:
-            if warn:
-                warnings.warn(
-                    f"ignoring malformed latency store {self.path} ({err!r})", stacklevel=3
-                )
-            return {}
-        return entries
+            problem = f"unreadable latency store {self.path} ({err})"
+        else:
+            if (
+                not isinstance(data, dict)
+                or data.get("format") != STORE_FORMAT
+                or data.get("identity") != self.identity
+            ):
+                return {}
+            try:
+                return {
+                    str(key): (
+                        float(row["relative"]),
+                        LatencyStats(
+                            float(row["median_ms"]),
+                            float(row["p25_ms"]),
+                            float(row["p75_ms"]),
+                            float(row["min_ms"]),
+                            int(row["n"]),
+                        ),
+                    )
+                    for key, row in dict(data["measurements"]).items()
+                }
+            except (KeyError, TypeError, ValueError) as err:
+                problem = f"malformed latency store {self.path} ({err!r})"
+        if warn:
+            warnings.warn(f"ignoring {problem}", stacklevel=3)
+        return {}

@@ -332,7 +332,9 @@ TINY = [
 
 def test_train_agent_in_onnxruntime_then_on_its_table(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "runs"
-    proc = _run("train_agent.py", *TINY, "--latency-backend", "onnxruntime",
+    # Target 0.7: under onnxruntime at batch 8, pruning every unit at the maximum ratio reaches
+    # only ~0.5 of vgg_small's latency, so the default 0.5 failed as unreachable under load.
+    proc = _run("train_agent.py", *TINY, "--target", "0.7", "--latency-backend", "onnxruntime",
                 "--output-dir", str(out), "--name", "ort", cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "latency timed with onnxruntime on cpu" in proc.stdout
@@ -356,7 +358,7 @@ def test_train_agent_in_onnxruntime_then_on_its_table(tmp_path):
     made = load_table(phone)
     assert len(made.calibration) == 1 and made.calibration[0][0] < 1
     assert made.architecture == table.architecture  # built untrained: the same architecture
-    proc = _run("train_agent.py", *TINY, "--latency-backend", "onnxruntime",
+    proc = _run("train_agent.py", *TINY, "--target", "0.7", "--latency-backend", "onnxruntime",
                 "--latency-table", str(phone), "--output-dir", str(out), "--name", "table",
                 cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
