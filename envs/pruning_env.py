@@ -32,7 +32,7 @@ from envs.pruning import Pruner, count_cost, recalibrate_bn
 from envs.reconstruction import Reconstructor
 from envs.rewards import TARGET_TOLERANCE, get_reward
 from models.errors import PruningError, RlpruneError
-from models.training import evaluate
+from models.training import channels_last, evaluate
 
 #: Rules that can anchor relative actions (``PruningEnvConfig.anchor_rule``).
 ANCHOR_RULES = ("best", "uniform", "global")
@@ -57,6 +57,10 @@ class PruningEnvConfig:
         bn_batch_size: images per recalibration batch.
         eval_batch_size: images per batch when evaluating the reward split (100: measured 30%
             faster than 1000 on a 2-core CPU, whose caches the activations of 1000 images spill).
+        channels_last: recalibrate BN and evaluate the reward split with the pruned copy's
+            weights in channels-last memory format (:func:`models.training.channels_last`; same
+            accuracy, 35-45% faster on a 2-core CPU); the copy is contiguous again before its
+            latency is timed.
         latency: how latency is timed (device, batch size, repeats, threads).
         calibrate: correct the per-layer latency estimate of the action wall with the measured
             latency of a uniform strategy at the target and of recent episodes (see
@@ -100,6 +104,7 @@ class PruningEnvConfig:
     bn_batches: int = 4
     bn_batch_size: int = 64
     eval_batch_size: int = 100
+    channels_last: bool = True
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     calibrate: bool = True
     reconstruct: bool = False
@@ -559,9 +564,12 @@ class ChannelPruningEnv(gym.Env):
         times["time_prune_s"] = t1 - t0
         accuracy = None
         if with_accuracy:
-            self.restore(pruned)
-            t2 = time.perf_counter()
-            accuracy = evaluate(pruned, self.reward_val, self.device, self.config.eval_batch_size)
+            with channels_last(pruned, self.config.channels_last):
+                self.restore(pruned)
+                t2 = time.perf_counter()
+                accuracy = evaluate(
+                    pruned, self.reward_val, self.device, self.config.eval_batch_size
+                )
             t3 = time.perf_counter()
             times["time_bn_s"], times["time_eval_s"] = t2 - t1, t3 - t2
         t4, compiled_s = time.perf_counter(), self._compile_s()

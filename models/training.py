@@ -16,6 +16,8 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,6 +296,26 @@ def fine_tune(
     """
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed, augment=augment, progress=progress)
     return train_model(model, train_set, config, device, eval_set, desc="fine-tune")
+
+
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """``model`` with its 4-D parameters and buffers in channels-last memory format for the
+    block, contiguous again after it (in place; other tensors are untouched).
+
+    oneDNN's CPU convolutions run faster on channels-last weights: BN recalibration and
+    evaluation of pruned vgg_small on 28x28 images took 35-45% less time (docs/throughput.md).
+    The values are the same; only their layout changes, so what is timed after the block
+    (contiguous, as deployed) is unaffected.
+    """
+    if not enabled:
+        yield model
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def evaluate(

@@ -369,3 +369,56 @@ def test_agent_refuses_an_env_that_maps_actions_differently(trained, mnist5k_spl
         agent_env_settings(tmp_path / "agent.zip", None, "absolute")
     with pytest.raises(RlpruneError, match="unknown action mode"):
         PruningEnvConfig(actions="sideways")
+
+
+def test_reward_accuracy_in_channels_last_is_the_contiguous_one_and_timing_sees_contiguous(
+    trained, mnist5k_splits, monkeypatch
+):
+    """The reward split is evaluated with channels-last weights (faster oneDNN convolutions),
+    giving the accuracy of the contiguous copy computed by hand (prune, recalibrate, evaluate);
+    the latency source then gets the copy back in contiguous format, as deployed."""
+    import envs.pruning_env as pruning_env
+    from envs.pruning import recalibrate_bn
+    from models.training import evaluate
+
+    formats, timed = [], []
+
+    def recording_evaluate(model, *args):
+        # one input channel: both layouts have the same strides, so they cannot be told apart
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1]
+        formats.append([c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs])
+        return evaluate(model, *args)
+
+    class RecordingLatency(MacsLatency):
+        def relative_latency(self, model):
+            timed.append(all(p.is_contiguous() for p in model.parameters()))
+            return super().relative_latency(model)
+
+    monkeypatch.setattr(pruning_env, "evaluate", recording_evaluate)
+    cfg = PruningEnvConfig(cost="macs", target=0.6, actions="absolute")
+    env = ChannelPruningEnv(
+        trained, mnist5k_splits.train, mnist5k_splits.reward_val, cfg,
+        latency=RecordingLatency(trained, mnist5k_splits.input_shape),
+    )  # fmt: skip
+    strategy = {u.name: 0.4 + 0.1 * i for i, u in enumerate(env.units)}
+    result = env.evaluate_strategy(strategy)
+    assert formats[-1] and all(formats[-1]) and timed[-1]
+
+    by_hand = recalibrate_bn(
+        env.pruner.apply(strategy), mnist5k_splits.train, num_batches=cfg.bn_batches,
+        batch_size=cfg.bn_batch_size,
+    )  # fmt: skip
+    assert all(p.is_contiguous() for p in by_hand.parameters())
+    images = len(mnist5k_splits.reward_val)
+    # the same numbers in another layout: at most one borderline image may round differently
+    assert abs(result["accuracy"] - evaluate(by_hand, mnist5k_splits.reward_val)) <= 1 / images
+
+    plain = ChannelPruningEnv(
+        trained, mnist5k_splits.train, mnist5k_splits.reward_val,
+        PruningEnvConfig(cost="macs", target=0.6, actions="absolute", channels_last=False),
+        latency=RecordingLatency(trained, mnist5k_splits.input_shape),
+    )  # fmt: skip
+    assert plain.evaluate_strategy(strategy)["accuracy"] == pytest.approx(
+        result["accuracy"], abs=1 / images
+    )
+    assert not any(formats[-1])

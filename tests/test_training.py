@@ -222,3 +222,28 @@ def test_warm_start_errors_name_the_file(digits_splits, tmp_path: Path, capsys) 
     assert script.main(["--dataset", "digits", "--init-from", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --init-from") and err.count("\n") == 1
+
+
+def test_channels_last_converts_conv_weights_for_the_block_only():
+    """Inside the block every 4-D weight is channels-last and the outputs are unchanged; after it
+    (also after an exception) the weights are contiguous again, with the same values."""
+    from models.training import channels_last
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+    ).eval()
+    x = torch.randn(2, 3, 9, 9)
+    before, weights = net(x), [p.detach().clone() for p in net.parameters()]
+    with channels_last(net) as same:
+        assert same is net
+        assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert not net[0].weight.is_contiguous()
+        assert torch.allclose(net(x), before, atol=1e-5)
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))
+    with pytest.raises(ValueError), channels_last(net):
+        raise ValueError("inside")
+    assert all(p.is_contiguous() for p in net.parameters())
+    with channels_last(net, enabled=False):
+        assert net[0].weight.is_contiguous()
