@@ -236,6 +236,9 @@ class LatencyMeter:
         reference_stats: Latency of the reference, measured at construction.
         hits: Calls of :meth:`relative_latency` answered from the cache (or the store).
         misses: Calls that measured.
+        last_times: ms of each timed run of the last call that measured, ``(candidate runs,
+            reference runs)`` in pair order (warm-ups excluded); for profiling
+            (``scripts/profile_search.py``). None before the first.
         backend: Compiles the models for ``config.backend`` (its ``exports`` and ``compile_s``
             count the cost); a cache hit compiles nothing.
     """
@@ -257,6 +260,7 @@ class LatencyMeter:
         self.reference_stats = measure_latency(reference, input_shape, config, self.backend)
         self.hits = 0
         self.misses = 0
+        self.last_times: tuple[list[float], list[float]] | None = None
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
 
     def relative_latency(self, model: nn.Module) -> tuple[float, LatencyStats]:
@@ -296,6 +300,7 @@ class LatencyMeter:
                         times[j].append(runs[j]())
                     if self._known(times, i + 1):
                         break
+        self.last_times = times
         relative, _ = paired_relative_latency(*times)
         result = (relative, LatencyStats.from_times(times[0]))
         self._cache[key] = result
