@@ -193,3 +193,21 @@ def test_episode_split_attributes_the_rest_to_the_agent():
     assert split["rest_s"] == pytest.approx(0.6 - 0.25)
     assert split["cached"] == 0.5
     assert "| 1.67 |" in benchmark.split_row("x", 6, split)
+
+
+def test_over_budget_lists_models_over_target_plus_five_percent():
+    """0.5 * 1.05 = 0.525: 0.526 is over, 0.525 is not; a MACs-target method is not held to a
+    latency target; the report names them under the results table."""
+    row = {"task": "t", "target": 0.5, "seed": 0, "env_relative_latency": 0.49}
+    rows = [
+        {**row, "method": "uniform", "relative_latency": 0.525},
+        {**row, "method": "agent_relative", "relative_latency": 0.526},
+        {**row, "method": "agent_macs", "relative_latency": 0.9},
+        {**row, "method": "tpe", "target": 0.3, "seed": 2, "relative_latency": 0.32},
+    ]
+    lines = benchmark.over_budget(rows)
+    assert lines == [
+        "t t=0.5 agent_relative s0: 0.526 > 0.525 (env's paired timing 0.490)",
+        "t t=0.3 tpe s2: 0.320 > 0.315 (env's paired timing 0.490)",
+    ]
+    assert benchmark.over_budget(rows[:1]) == []
