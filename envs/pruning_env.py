@@ -34,6 +34,9 @@ from envs.rewards import TARGET_TOLERANCE, get_reward
 from models.errors import PruningError, RlpruneError
 from models.training import channels_last, evaluate
 
+#: Seconds of each stage of :meth:`ChannelPruningEnv.evaluate_strategy`, keys of its result.
+STAGE_TIMES = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
+
 #: Rules that can anchor relative actions (``PruningEnvConfig.anchor_rule``).
 ANCHOR_RULES = ("best", "uniform", "global")
 
@@ -557,7 +560,7 @@ class ChannelPruningEnv(gym.Env):
         if cached is not None:
             return {**cached, "strategy": dict(strategy), "cached": True}
 
-        times = {"time_prune_s": 0.0, "time_bn_s": 0.0, "time_eval_s": 0.0, "time_latency_s": 0.0}
+        times = dict.fromkeys(STAGE_TIMES, 0.0)
         t0 = time.perf_counter()
         pruned = self.pruner.apply(strategy)
         macs, params = count_cost(pruned, self.example_input)

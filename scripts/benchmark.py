@@ -67,7 +67,7 @@ from agents.workload import load_splits  # noqa: E402
 from envs.backends import check_backend  # noqa: E402
 from envs.latency import LatencyConfig  # noqa: E402
 from envs.pruning import Pruner  # noqa: E402
-from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig  # noqa: E402
+from envs.pruning_env import STAGE_TIMES, ChannelPruningEnv, PruningEnvConfig  # noqa: E402
 from models.atomic import write_text_atomic  # noqa: E402
 from models.data import DataSplits, load_dataset, split_off  # noqa: E402
 from models.errors import BudgetError, RlpruneError  # noqa: E402
@@ -89,7 +89,7 @@ METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
 SEARCHES = tuple(m for m in METHODS if m not in RULES)
 DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent", "agent_relative")
-TIME_KEYS = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
+TIME_KEYS = STAGE_TIMES
 
 
 @dataclass(frozen=True)
@@ -799,6 +799,7 @@ def _write(
             f"| {task} | {b['model']} | {b['dataset']} | {sizes} | {b['base_epochs']} "
             f"| {b['test_acc']:.4f} |"
         )
+    over = over_budget(rows)
     text = [
         f"# rlprune benchmark\n\n`{command}` ({seconds / 60:.1f} min)\n",
         "## Base models\n",
@@ -809,9 +810,9 @@ def _write(
             [
                 "\nOver target + 5% in the joint timing (re-time on a quiet machine: the same "
                 "command again times only):\n",
-                "\n".join(f"- {line}" for line in over_budget(rows)),
+                "\n".join(f"- {line}" for line in over),
             ]
-            if rows and over_budget(rows)
+            if over
             else []
         ),
         *(

@@ -27,10 +27,10 @@ import train_agent
 from stable_baselines3.td3.td3 import TD3
 
 from envs.latency import LatencyMeter
-from envs.pruning_env import ChannelPruningEnv
+from envs.pruning_env import STAGE_TIMES, ChannelPruningEnv
 from models.atomic import write_json_atomic
 
-STAGES = ("time_prune_s", "time_bn_s", "time_eval_s", "time_latency_s")
+STAGES = STAGE_TIMES
 STAGE_NAMES = {
     "time_prune_s": "pruning + MACs",
     "time_bn_s": "BN recalibration",
@@ -79,23 +79,22 @@ class Recorder:
             TD3.train,
         )
         evaluate, relative_latency, train = originals
-        recorder = self
 
         def evaluate_strategy(env: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             result = evaluate(env, *args, **kwargs)
             if result.get("cached"):
-                recorder.cached += 1
+                self.cached += 1
             else:
-                recorder.evaluated += 1
+                self.evaluated += 1
                 for stage in STAGES:
-                    recorder.stages[stage] += float(result.get(stage, 0.0))
+                    self.stages[stage] += float(result.get(stage, 0.0))
             return result
 
         def timed(meter: Any, model: Any) -> Any:
             before = meter.last_times
             out = relative_latency(meter, model)
-            if meter.last_times is not before and meter.last_times is not None:
-                recorder.timings.append(tuple(list(t) for t in meter.last_times))
+            if meter.last_times is not before:  # a new measurement, not a cache hit
+                self.timings.append(tuple(list(t) for t in meter.last_times))
             return out
 
         def updates(agent: Any, *args: Any, **kwargs: Any) -> Any:
@@ -103,7 +102,7 @@ class Recorder:
             try:
                 return train(agent, *args, **kwargs)
             finally:
-                recorder.agent_updates_s += time.perf_counter() - start
+                self.agent_updates_s += time.perf_counter() - start
 
         ChannelPruningEnv.evaluate_strategy = evaluate_strategy
         LatencyMeter.relative_latency = timed
@@ -133,6 +132,7 @@ def timing_summary(
     if not timings:
         return {"measurements": 0}
     pairs = [len(ref) for _, ref in timings]
+    longest = max(pairs)
     medians = [statistics.median(ref) for _, ref in timings]
     drift = [
         math.log(medians[i] / statistics.median(medians[i - window : i]))
@@ -146,8 +146,8 @@ def timing_summary(
         "measurements": len(timings),
         "pairs_mean": statistics.mean(pairs),
         "pairs_median": statistics.median(pairs),
-        "pairs_max": max(pairs),
-        "share_of_pairs_in_longest": sum(p for p in pairs if p == max(pairs)) / sum(pairs),
+        "pairs_max": longest,
+        "share_of_pairs_in_longest": sum(p for p in pairs if p == longest) / sum(pairs),
         "reference_within_sd": statistics.median(
             sd([math.log(t) for t in ref]) for _, ref in timings
         ),
