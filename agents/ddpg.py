@@ -383,7 +383,22 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
                 f"rlprune env gives {env.observation_space.shape}; the agent was trained with an "
                 "incompatible version, retrain it"
             )
-        agent.set_env(env)
+        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+        if n_envs == agent.n_envs:
+            agent.set_env(env)
+        else:  # trained with another --envs: SB3 re-sizes its buffers only when loading with env
+            agent = _load_for_envs(path, env, n_envs, agent, device)
+    return agent
+
+
+def _load_for_envs(path: Path, env: gym.Env, n_envs: int, loaded: AMCDDPG, device: str) -> AMCDDPG:
+    """The agent at ``path`` (``loaded`` as read without an env) for ``env`` of ``n_envs`` envs:
+    its exploration noise shared among them (:class:`SharedNoise`), or one env's noise again."""
+    agent = AMCDDPG.load(path, env=env, device=device)
+    agent.observation_features = loaded.observation_features
+    noise = loaded.action_noise
+    base = noise.base_noise if isinstance(noise, SharedNoise) else noise
+    agent.action_noise = SharedNoise(base, n_envs) if n_envs > 1 and base is not None else base
     return agent
 
 

@@ -36,7 +36,7 @@ def test_benchmark_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     flags = (
         "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--episodes", "3",
         "--warmup", "1", "--fine-tune-epochs", "1", "--latency-repeats", "3",
-        "--latency-passes", "1", "--latency-batch-size", "64", "--no-progress",
+        "--latency-passes", "1", "--no-progress",
         "--methods", ",".join(benchmark.METHODS), "--select-top-k", "2", "--select-steps", "2",
         "--output-dir", str(out),
     )  # fmt: skip

@@ -1,13 +1,15 @@
 """A real DDPG search of a few episodes: TensorBoard tags, checkpoints, reload, resume."""
 
+import copy
 import json
 
 import numpy as np
 import pytest
 from fakes import MacsLatency
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.ddpg import AgentConfig, load_agent, make_agent
+from agents.ddpg import AgentConfig, SharedNoise, load_agent, make_agent
 from agents.search import read_search_state, resume, run_search
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import CheckpointError
@@ -132,3 +134,24 @@ def test_ctrl_c_keeps_agent_buffer_and_best_strategy(env, tmp_path):
     agent, state = resume(tmp_path, env)
     assert state["episode"] == 3 and agent.num_timesteps == 3 * env.num_units
     assert agent.replay_buffer.pos == 3 * env.num_units and not agent.replay_buffer._pending
+
+
+def test_an_agent_trained_on_two_envs_plays_in_one_and_back(env, tmp_path):
+    """An agent of a two-env search (train_agent --envs 2) is reused in one env (apply_agent,
+    transfer_study) and vice versa: same policy, buffers and noise sized for the new count."""
+    two = DummyVecEnv([lambda: env, lambda: copy.deepcopy(env)])
+    agent = make_agent(two, AgentConfig(warmup_episodes=2, batch_size=8, seed=0), num_units=6)
+    agent.save(tmp_path / "two.zip")
+    one = load_agent(tmp_path / "two.zip", env)
+    assert one.n_envs == 1 and one.replay_buffer.n_envs == 1
+    assert not isinstance(one.action_noise, SharedNoise)
+    assert one.action_noise is not None and one.action_noise().shape == (1,)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(
+        one.predict(obs, deterministic=True)[0], agent.predict(obs[None], deterministic=True)[0][0]
+    )
+    one.learn(total_timesteps=2 * env.num_units)  # trains in the one env
+    one.save(tmp_path / "one.zip")
+    again = load_agent(tmp_path / "one.zip", two)
+    assert again.n_envs == 2 and isinstance(again.action_noise, SharedNoise)
+    assert again.observation_features == agent.observation_features
