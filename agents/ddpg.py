@@ -393,8 +393,12 @@ def load_agent(path: str | Path, env: gym.Env | None = None, device: str = "cpu"
 
 def _load_for_envs(path: Path, env: gym.Env, n_envs: int, loaded: AMCDDPG, device: str) -> AMCDDPG:
     """The agent at ``path`` (``loaded`` as read without an env) for ``env`` of ``n_envs`` envs:
-    its exploration noise shared among them (:class:`SharedNoise`), or one env's noise again."""
+    its exploration noise shared among them (:class:`SharedNoise`), or one env's noise again,
+    and trained after each round of episodes as :func:`make_agent` sets it up for ``n_envs``."""
     agent = AMCDDPG.load(path, env=env, device=device)
+    steps = env.get_attr("num_units")[0] if n_envs > 1 else 1
+    agent.train_freq = (steps, "step") if n_envs > 1 else (1, "episode")
+    agent._convert_train_freq()
     agent.observation_features = loaded.observation_features
     noise = loaded.action_noise
     base = noise.base_noise if isinstance(noise, SharedNoise) else noise

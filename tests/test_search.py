@@ -150,8 +150,13 @@ def test_an_agent_trained_on_two_envs_plays_in_one_and_back(env, tmp_path):
     np.testing.assert_allclose(
         one.predict(obs, deterministic=True)[0], agent.predict(obs[None], deterministic=True)[0][0]
     )
-    one.learn(total_timesteps=2 * env.num_units)  # trains in the one env
+    fresh = make_agent(env, AgentConfig(warmup_episodes=2, batch_size=8, seed=0), num_units=6)
+    assert one.train_freq == fresh.train_freq  # after each episode, whatever the network's length
+    one.learning_starts = 0  # as a warm start (agents.transfer.prepare_warm_start) sets it
+    one.learn(total_timesteps=2 * env.num_units)  # trains after each episode of the one env
+    assert one.replay_buffer.size() == 2 * env.num_units and one._n_updates > 0
     one.save(tmp_path / "one.zip")
     again = load_agent(tmp_path / "one.zip", two)
     assert again.n_envs == 2 and isinstance(again.action_noise, SharedNoise)
+    assert again.train_freq.frequency == env.num_units  # a round of two whole episodes
     assert again.observation_features == agent.observation_features
