@@ -68,6 +68,8 @@ def make_vec_env(env: ChannelPruningEnv, n_envs: int, *, ray_address: str | None
     if ray_address is not None:
         return RayVecEnv(env, n_envs, ray_address, threads)
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    if method == "forkserver":  # the workers fork with torch, SB3 and rlprune imported once
+        mp.set_forkserver_preload([__name__])
     latency = LockedLatency(env.latency, mp.get_context(method).Lock())
     worker = functools.partial(worker_env, env, latency, threads)
     return SubprocVecEnv([worker] * n_envs, start_method=method)

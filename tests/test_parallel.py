@@ -254,7 +254,7 @@ def test_train_agent_with_two_envs_selects_among_the_workers_results_and_resumes
 ):
     monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "cache"))
     flags = ["--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--bn-batches", "2"]
-    flags += ["--fine-tune-epochs", "1", "--latency-repeats", "3", "--select-steps", "2"]
+    flags += ["--fine-tune-epochs", "0", "--latency-repeats", "3", "--select-steps", "2"]
     flags += ["--warmup", "2", "--envs", "2", "--no-progress", "--output-dir", str(tmp_path)]
     train_agent(*flags, "--episodes", "4")
     run_dir = tmp_path / "vgg_small_digits_macs0.5_s0"

@@ -19,6 +19,8 @@ TINY = [
     "--dataset", "digits", "--cost", "macs", "--base-epochs", "1", "--fine-tune-epochs", "1",
     "--bn-batches", "2", "--latency-repeats", "5", "--no-progress",
 ]  # fmt: skip
+#: For tests whose subject is not the fine-tune: none, and the final joint timing at batch 1.
+NO_FINE_TUNE = ["--fine-tune-epochs", "0", "--latency-batch-size", "1"]
 
 
 def run(script: str, *args: str, cache: Path) -> subprocess.CompletedProcess:
@@ -117,6 +119,7 @@ def test_transfer_study_table(trained_run, tmp_path):
         "0,1",
         "--random-episodes",
         "3",
+        *NO_FINE_TUNE,
         "--output-dir",
         str(tmp_path),
         cache=cache,
@@ -207,15 +210,15 @@ def test_apply_agent_and_transfer_study_default_to_the_shipped_agent(trained_run
     """The agent committed in agents/pretrained/ loads into today's env (fresh clone, offline)."""
     _, _, cache = trained_run
     path, entry = default_agent()
-    proc = run("apply_agent.py", "--model", "resnet20", *TINY, "--output-dir", str(tmp_path),
-               cache=cache)  # fmt: skip
+    proc = run("apply_agent.py", "--model", "resnet20", *TINY, *NO_FINE_TUNE,
+               "--output-dir", str(tmp_path), cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"agent: the shipped {entry['name']}" in proc.stdout and "zero-shot (" in proc.stdout
     recipe = json.loads((tmp_path / "apply_resnet20_digits_macs0.5_s0" / "pruned_model.json")
                         .read_text())  # fmt: skip
     assert recipe["recipe"]["agent"] == str(path)
     proc = run("transfer_study.py", "--models", "resnet20", "--zero-shot-only", *TINY,
-               "--output-dir", str(tmp_path), cache=cache)  # fmt: skip
+               *NO_FINE_TUNE, "--output-dir", str(tmp_path), cache=cache)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "transfer_digits" / "transfer.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["uniform", "zero-shot", "zero-shot (policy)"]
