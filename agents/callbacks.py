@@ -20,19 +20,18 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat  # noqa: E402
+from agents.checkpoint import drop_partial_episode, write_checkpoint
+from envs.baselines import episode_record
+from models.renamed import check_current_names
 
-from agents.checkpoint import drop_partial_episode, write_checkpoint  # noqa: E402
-from envs.baselines import episode_record  # noqa: E402
-from models.renamed import check_current_names  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSV_FIELDS = (
     "episode",
@@ -60,13 +59,23 @@ def strategy_table(best: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def strategy_figure(best: dict[str, Any]) -> plt.Figure:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported on first use (~0.5 s, figures only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def strategy_figure(best: dict[str, Any]) -> Figure:
     """Bar chart of the best strategy: pruning ratio per unit, with each unit's latency share."""
     names = list(best["strategy"])
     pruning_ratios = [best["strategy"][n] for n in names]
     shares = [best.get("latency_share_by_unit", {}).get(n, 0.0) for n in names]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(6, 0.35 * len(names)), 4))
     ax.bar(x - 0.2, pruning_ratios, 0.4, label="pruning ratio")
     ax.bar(x + 0.2, shares, 0.4, label="latency share (original)")
     ax.set_xticks(x, names, rotation=75, fontsize=7)
@@ -80,9 +89,9 @@ def strategy_figure(best: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def heatmap_figure(names: list[str], history: list[list[float]]) -> plt.Figure:
+def heatmap_figure(names: list[str], history: list[list[float]]) -> Figure:
     """Heat map of pruning ratios: one row per unit, one column per episode."""
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.25 * len(names))))
+    fig, ax = _pyplot().subplots(figsize=(8, max(3, 0.25 * len(names))))
     image = ax.imshow(
         np.array(history).T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
     )

@@ -35,7 +35,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
@@ -199,6 +198,8 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         sigma = max(self.current_sigma, 1e-6)
         mean = np.clip(mean, -1.0, 1.0)
         a, b = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
+        from scipy.stats import truncnorm  # here: scipy.stats takes ~0.7 s to import
+
         return truncnorm.rvs(a, b, loc=mean, scale=sigma, random_state=self.rng).astype(np.float32)
 
     def __call__(self) -> np.ndarray:

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -69,6 +68,8 @@ class ResizedInput(nn.Module):
 
 def torchvision_models() -> list[str]:
     """Names of every torchvision classification architecture (ImageNet-style builders)."""
+    import torchvision  # here, not at the top: its import takes ~1.5 s that most runs never need
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -119,6 +120,8 @@ def _build_torchvision(name: str, input_shape: tuple[int, int, int], num_classes
     else:
         min_size = max((v for k, v in _MIN_INPUT_SIZE.items() if name.startswith(k)), default=1)
         size = max(min_size, height, width)
+    import torchvision
+
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if channels != 3:
         _replace_first_conv(net, channels)
