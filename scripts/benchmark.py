@@ -18,7 +18,10 @@ interleaved, best of several passes. Every finished cell (task, target, method, 
 latency measurements are kept in ``--output-dir``/latency, one file per task, target and timing
 setting, shared by every method and seed: an architecture timed once has one relative latency in
 every env, so a rule lands on the same strategy in all of them (delete the folder to time afresh,
-e.g. on another machine load). Writes
+e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with the
+same recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform rule)
+takes that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it
+came from (``fine_tune_reused_from``). Writes
 ``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
@@ -39,6 +42,7 @@ otherwise torchvision's ``cifar10`` under ``--data-dir`` (``--cifar10`` override
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -386,6 +390,19 @@ def read_cell(path: Path) -> dict[str, Any]:
     return row
 
 
+def fine_tune_record(
+    out: Path, task: str, runtime: str, kept: Mapping[str, int], fine: FineTuneConfig
+) -> Path:
+    """Where the fine-tuned test accuracy of one architecture of ``task`` is kept, so that another
+    cell delivering the same architecture (a search that chose the uniform rule, another target)
+    reuses it: the same pruned model fine-tuned with the same recipe and seed is the same
+    computation, minutes on CIFAR. ``runtime`` names the evaluator suffixes of the cells (the
+    reconstruction changes the weights the fine-tune starts from)."""
+    recipe = [task, runtime, sorted(kept.items()), fine.epochs, fine.lr, fine.seed, fine.augment]
+    digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    return out / "fine_tuned" / f"{task}{runtime}_{digest}.json"
+
+
 def relative_latencies_together(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],
@@ -451,10 +468,19 @@ def run_task_target(
             t0 = time.perf_counter()
             epochs = args.fine_tune_epochs if seed in ft_seeds else 0
             fine = FineTuneConfig(epochs, seed=seed, augment=augment, progress=progress)
+            kept = found["env"].pruner.kept_channels(found["strategy"])
+            record = fine_tune_record(out, task_name, runtime, kept, fine) if epochs else None
+            reused = json.loads(record.read_text()) if record and record.is_file() else None
             scored = score_strategy(
-                key, found["strategy"], found["env"], splits, fine, reward_acc=True
-            )
+                key, found["strategy"], found["env"], splits, None if reused else fine,
+                reward_acc=True,
+            )  # fmt: skip
             models[key], accs = scored.model, cell_scores(scored, found["env"])
+            if reused:
+                accs["test_acc_ft"] = reused["test_acc_ft"]
+            elif record:
+                done = {"test_acc_ft": accs["test_acc_ft"], "cell": cell.name}
+                write_text_atomic(record, json.dumps(done))
             # The env's own relative latency: timed interleaved run by run with the original
             # (cached by shape, so free for latency searches); robust where best-of-passes is not.
             env_result = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)
@@ -474,6 +500,7 @@ def run_task_target(
                 "dropped_over_latency": found.get("dropped_over_latency"),
                 "search_best_reward_acc": found.get("search_best_reward_acc"),
                 "score_s": time.perf_counter() - t0,
+                "fine_tune_reused_from": reused["cell"] if reused else None,
                 "strategy": found["strategy"],
                 "history": found["history"] if not deterministic else [],
                 "units": found["env"].num_units,
@@ -485,7 +512,8 @@ def run_task_target(
             print(
                 f"  {task_name} t={target} {method} s{seed}: reward acc {accs['reward_acc']:.4f}, "
                 f"test {accs['test_acc']:.4f}, fine-tuned {ft:.4f}, "
-                f"MACs x{accs['relative_macs']:.2f}, search {found['search_s']:.0f} s",
+                f"MACs x{accs['relative_macs']:.2f}, search {found['search_s']:.0f} s"
+                + (f" (fine-tune of the same model in {reused['cell']} reused)" if reused else ""),
                 flush=True,
             )
     backends = list(dict.fromkeys([args.latency_backend, *csv_list(args.latency_backends)]))

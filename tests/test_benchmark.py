@@ -153,6 +153,38 @@ def test_benchmark_round_to_prunes_every_method_to_aligned_widths(tmp_path):
             assert row["relative_macs"] != pytest.approx(unaligned)
 
 
+def test_a_fine_tune_of_the_same_architecture_is_reused(tmp_path):
+    """A cell delivering an architecture already fine-tuned with the same recipe and seed in the
+    output directory takes that fine-tune's accuracy (here: uniform's cell deleted and run again;
+    in a benchmark: a search that delivers the uniform rule) instead of minutes of fine-tuning."""
+    out = tmp_path / "bench"
+    flags = (
+        "--tasks", "tiny", "--targets", "0.8", "--seeds", "0", "--methods", "uniform",
+        "--fine-tune-epochs", "1", "--latency-repeats", "3", "--latency-passes", "1",
+        "--no-progress", "--output-dir", str(out),
+    )  # fmt: skip
+    first = _run(*flags, cache=tmp_path / "cache")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (cell,) = (out / "cells").iterdir()
+    fresh = json.loads(cell.read_text())
+    assert fresh["fine_tune_reused_from"] is None
+    cell.unlink()
+    again = _run(*flags, cache=tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"(fine-tune of the same model in {cell.name} reused)" in again.stdout
+    reused = json.loads(cell.read_text())
+    assert reused["fine_tune_reused_from"] == cell.name
+    assert reused["test_acc_ft"] == fresh["test_acc_ft"]
+    assert reused["strategy"] == fresh["strategy"]
+    # another recipe (2 epochs) is fine-tuned, not reused
+    cell.unlink()
+    two_epochs = [*flags[: flags.index("--fine-tune-epochs")], "--fine-tune-epochs", "2"]
+    two_epochs += flags[flags.index("--fine-tune-epochs") + 2 :]
+    other = _run(*two_epochs, cache=tmp_path / "cache")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert json.loads(cell.read_text())["fine_tune_reused_from"] is None
+
+
 def test_reward_samples_hold_the_rest_of_the_reward_split_out_for_the_selection(tmp_path):
     """--reward-samples 100 on digits (180 reward images): the searches see 100 of them, the
     selection re-scores on the other 80, and together they are the whole reward split."""
