@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
 import common  # noqa: E402
 
+from agents.evaluation import FineTuneConfig  # noqa: E402
 from models.errors import RlpruneError  # noqa: E402
 
 
@@ -176,13 +177,18 @@ def test_a_fine_tune_of_the_same_architecture_is_reused(tmp_path):
     assert reused["fine_tune_reused_from"] == cell.name
     assert reused["test_acc_ft"] == fresh["test_acc_ft"]
     assert reused["strategy"] == fresh["strategy"]
-    # another recipe (2 epochs) is fine-tuned, not reused
-    cell.unlink()
-    two_epochs = [*flags[: flags.index("--fine-tune-epochs")], "--fine-tune-epochs", "2"]
-    two_epochs += flags[flags.index("--fine-tune-epochs") + 2 :]
-    other = _run(*two_epochs, cache=tmp_path / "cache")
-    assert other.returncode == 0, other.stderr[-2000:]
-    assert json.loads(cell.read_text())["fine_tune_reused_from"] is None
+    # another recipe, seed or evaluator is another fine-tune
+    record, kept = benchmark.fine_tune_record, {"a": 8, "b": 16}
+    base = record(out, "tiny", "", kept, FineTuneConfig(1, seed=0))
+    assert base == record(out, "tiny", "", dict(reversed(kept.items())), FineTuneConfig(1, seed=0))
+    others = [
+        record(out, "tiny", "", kept, FineTuneConfig(2, seed=0)),
+        record(out, "tiny", "", kept, FineTuneConfig(1, seed=1)),
+        record(out, "tiny", "", kept, FineTuneConfig(1, seed=0, augment=True)),
+        record(out, "tiny", "_rec", kept, FineTuneConfig(1, seed=0)),
+        record(out, "tiny", "", {"a": 8, "b": 8}, FineTuneConfig(1, seed=0)),
+    ]
+    assert len({base, *others}) == 6
 
 
 def test_reward_samples_hold_the_rest_of_the_reward_split_out_for_the_selection(tmp_path):
