@@ -23,7 +23,13 @@ from typing import Any
 
 from torch import nn
 
-from envs.latency import LatencyConfig, LatencyStats, compare_latency, reporting_config
+from envs.latency import (
+    LatencyConfig,
+    LatencyStats,
+    compare_latency,
+    reporting_config,
+    shape_signature,
+)
 from envs.pruning import count_cost
 from envs.pruning_env import ChannelPruningEnv
 from models.data import DataSplits
@@ -138,6 +144,7 @@ def time_together(
     *,
     passes: int = 5,
     device: Any = None,
+    same_network: bool = False,
 ) -> dict[str, LatencyStats]:
     """Latency of every model with the reporting protocol: one run, interleaved, best pass.
 
@@ -145,11 +152,25 @@ def time_together(
     at least 30 timed runs per pass (:func:`envs.latency.reporting_config`), ``passes``
     interleaved passes, each model's best kept (:func:`envs.latency.compare_latency`).
 
+    With ``same_network`` (the models are one network and prunings of it, as the rows of one env
+    or one benchmark task are), models of one architecture (:func:`envs.latency.shape_signature`:
+    the same layers and shapes, whatever their weights) are timed once and share that timing:
+    copies timed apart differ only by noise (nine copies of one resnet20 architecture timed
+    0.440-0.473 of the original in one benchmark run) and cost time. Not for unrelated models:
+    layers without weights (a pooling's size, say) are not part of the signature.
+
     Returns:
         Stats per model name, in the order of ``models``.
     """
     cfg = reporting_config(config, device)
-    return compare_latency(models, input_shape, cfg, passes=passes)
+    first: dict[Any, str] = {}  # architecture -> the name it is timed under
+    for name, model in models.items():
+        first.setdefault(shape_signature(model) if same_network else name, name)
+    timed = compare_latency({n: models[n] for n in first.values()}, input_shape, cfg, passes=passes)
+    return {
+        name: timed[first[shape_signature(model) if same_network else name]]
+        for name, model in models.items()
+    }
 
 
 def time_rows(
@@ -159,10 +180,13 @@ def time_rows(
     *,
     passes: int = 5,
     device: Any = None,
+    same_network: bool = False,
 ) -> None:
-    """Fill latency, spread and speedup (vs the first row) of every row (:func:`time_together`)."""
+    """Fill latency, spread and speedup (vs the first row) of every row (:func:`time_together`,
+    ``same_network`` as there)."""
+    models = {r.name: r.model for r in rows}
     stats = time_together(
-        {r.name: r.model for r in rows}, input_shape, config, passes=passes, device=device
+        models, input_shape, config, passes=passes, device=device, same_network=same_network
     )
     for row in rows:
         row.latency_ms = stats[row.name].median_ms
@@ -182,7 +206,8 @@ def compare_strategies(
     """The original next to one pruned model per strategy, all scored and timed the same way.
 
     Each strategy is scored by :func:`score_strategy` (the same fine-tune for all), then all
-    models are timed together (:func:`time_rows`, the env's latency settings on its device).
+    models are timed together (:func:`time_rows`, the env's latency settings on its device; a
+    strategy that prunes to the architecture of another row shares that row's timing).
 
     Returns:
         ``original`` first, then one row per strategy; ``row.model`` holds the fine-tuned model.
@@ -192,5 +217,8 @@ def compare_strategies(
         score_strategy(name, strategy, env, splits, fine, reward_acc=reward_acc)
         for name, strategy in strategies.items()
     ]
-    time_rows(rows, env.input_shape, env.config.latency, passes=latency_passes, device=env.device)
+    latency = env.config.latency
+    time_rows(
+        rows, env.input_shape, latency, passes=latency_passes, device=env.device, same_network=True
+    )
     return rows

@@ -412,7 +412,9 @@ def relative_latencies_together(
     """(relative latency vs ``original``, spread, ms) of every model, timed together
     (:func:`agents.evaluation.time_together`) in ``backend``."""
     config = replace(latency_config(args), backend=backend)
-    stats = time_together(models, input_shape, config, passes=args.latency_passes)
+    stats = time_together(
+        models, input_shape, config, passes=args.latency_passes, same_network=True
+    )  # one timing per architecture: a task's models are all prunings of its base model
     base = stats["original"].median_ms
     return {k: (s.median_ms / base, s.spread, s.median_ms) for k, s in stats.items()}
 

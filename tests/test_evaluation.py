@@ -4,6 +4,7 @@ import pytest
 import torch
 from fakes import MacsLatency, Wait
 
+from agents import evaluation
 from agents.evaluation import (
     FineTuneConfig,
     compare_strategies,
@@ -40,6 +41,28 @@ def test_time_together_reports_with_at_least_30_runs_and_known_ratios():
     assert stats["slow"].n == stats["fast"].n == 30
     assert stats["slow"].median_ms >= 2.0 and stats["fast"].median_ms >= 1.0
     assert stats["fast"].median_ms / stats["slow"].median_ms == pytest.approx(0.5, abs=0.15)
+
+
+def test_time_together_times_each_architecture_of_one_network_once(monkeypatch):
+    """Two copies of one architecture (other weights) and another one: with ``same_network`` two
+    models are timed and the copies share one timing; without it, all three are timed."""
+    timed = []
+    real = evaluation.compare_latency
+
+    def spy(models, *args, **kwargs):
+        timed.append(list(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "compare_latency", spy)
+    net, other = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(1, 2, 3)
+    copy = torch.nn.Conv2d(1, 4, 3)  # fresh weights, same shapes
+    models = {"net": net, "copy": copy, "other": other}
+    config = LatencyConfig(warmup=1, repeats=3, pause_ms=0.0)
+    stats = time_together(models, SHAPE, config, passes=1, same_network=True)
+    assert timed == [["net", "other"]]
+    assert list(stats) == ["net", "copy", "other"] and stats["copy"] is stats["net"]
+    stats = time_together(models, SHAPE, config, passes=1)
+    assert timed[1] == ["net", "copy", "other"] and stats["copy"] is not stats["net"]
 
 
 def test_score_strategy_is_the_envs_model_fine_tuned_with_its_seed(digits_vgg_small, digits_splits):
