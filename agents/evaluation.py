@@ -163,14 +163,12 @@ def time_together(
         Stats per model name, in the order of ``models``.
     """
     cfg = reporting_config(config, device)
+    keys = {name: shape_signature(m) if same_network else name for name, m in models.items()}
     first: dict[Any, str] = {}  # architecture -> the name it is timed under
-    for name, model in models.items():
-        first.setdefault(shape_signature(model) if same_network else name, name)
+    for name, key in keys.items():
+        first.setdefault(key, name)
     timed = compare_latency({n: models[n] for n in first.values()}, input_shape, cfg, passes=passes)
-    return {
-        name: timed[first[shape_signature(model) if same_network else name]]
-        for name, model in models.items()
-    }
+    return {name: timed[first[key]] for name, key in keys.items()}
 
 
 def time_rows(

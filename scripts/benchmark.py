@@ -93,7 +93,6 @@ METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
 SEARCHES = tuple(m for m in METHODS if m not in RULES)
 DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent", "agent_relative")
-TIME_KEYS = STAGE_TIMES
 
 
 @dataclass(frozen=True)
@@ -642,7 +641,7 @@ def episode_split(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Mean seconds per episode by stage; ``rest`` is the remaining wall time (agent update)."""
     if not history:
         return {}
-    split = {k: statistics.mean(h[k] for h in history) for k in TIME_KEYS}
+    split = {k: statistics.mean(h[k] for h in history) for k in STAGE_TIMES}
     total = statistics.mean(h["seconds"] for h in history)
     split["rest_s"] = max(total - sum(split.values()), 0.0)
     split["episode_s"] = total
@@ -653,7 +652,7 @@ def episode_split(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def split_row(label: str, units: Any, split: Mapping[str, float]) -> str:
     """One Markdown line of a time split."""
     total = split["episode_s"]
-    parts = " | ".join(f"{split[k] * 1e3:.0f}" for k in (*TIME_KEYS, "rest_s"))
+    parts = " | ".join(f"{split[k] * 1e3:.0f}" for k in (*STAGE_TIMES, "rest_s"))
     return (
         f"| {label} | {units} | {1 / total:.2f} | {total * 1e3:.0f} | {parts} "
         f"| {split['cached']:.0%} |"

@@ -30,7 +30,6 @@ from envs.latency import LatencyMeter
 from envs.pruning_env import STAGE_TIMES, ChannelPruningEnv
 from models.atomic import write_json_atomic
 
-STAGES = STAGE_TIMES
 STAGE_NAMES = {
     "time_prune_s": "pruning + MACs",
     "time_bn_s": "BN recalibration",
@@ -65,7 +64,7 @@ class Recorder:
     """Accounts the stages of a run while :meth:`installed` is active."""
 
     def __init__(self) -> None:
-        self.stages = dict.fromkeys(STAGES, 0.0)
+        self.stages = dict.fromkeys(STAGE_TIMES, 0.0)
         self.evaluated = 0
         self.cached = 0
         self.agent_updates_s = 0.0
@@ -86,7 +85,7 @@ class Recorder:
                 self.cached += 1
             else:
                 self.evaluated += 1
-                for stage in STAGES:
+                for stage in STAGE_TIMES:
                     self.stages[stage] += float(result.get(stage, 0.0))
             return result
 
@@ -171,7 +170,7 @@ def report(recorder: Recorder, wall_s: float, summary: dict[str, float]) -> str:
         "| stage | seconds | share of the stages | ms per evaluated architecture |",
         "|---|---|---|---|",
     ]
-    rows = [(STAGE_NAMES[s], recorder.stages[s]) for s in STAGES]
+    rows = [(STAGE_NAMES[s], recorder.stages[s]) for s in STAGE_TIMES]
     rows.append(("agent updates (SB3 train)", recorder.agent_updates_s))
     for name, seconds in rows:
         share = seconds / total if total else 0.0
