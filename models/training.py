@@ -61,6 +61,10 @@ class TrainConfig:
             and horizontal-flip every training image, the standard CIFAR augmentation. Leave it
             off for digits, whose meaning a flip changes.
         label_smoothing: Cross-entropy label smoothing in [0, 1).
+        cutout: Side in pixels of a square set to zero (the train mean after normalisation)
+            at a uniformly random centre of every training image, clipped at the borders
+            (Cutout, DeVries & Taylor 2017, who use 16 on CIFAR-10); 0 is off. Applied after
+            the crop and flip.
         nesterov: Nesterov momentum (SGD only).
         precision: ``"fp32"``, or ``"bf16"`` to run forward and loss under bfloat16 autocast
             (weights and optimizer stay float32). On CPUs with AVX-512 BF16 it trains CIFAR
@@ -81,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False
     label_smoothing: float = 0.0
+    cutout: int = 0
     nesterov: bool = False
     precision: str = "fp32"
     init_from: str | None = None
@@ -96,11 +101,12 @@ class TrainConfig:
             or self.lr <= 0
             or self.batch_size < 1
             or not 0 <= self.label_smoothing < 1
+            or self.cutout < 0
         ):
             raise RlpruneError(
                 f"invalid training settings: epochs={self.epochs} (>= 0), lr={self.lr} (> 0), "
                 f"batch_size={self.batch_size} (>= 1), label_smoothing={self.label_smoothing} "
-                "(in [0, 1))"
+                f"(in [0, 1)), cutout={self.cutout} (>= 0)"
             )
 
 
@@ -229,6 +235,8 @@ def _train_epoch(
         inputs = x[idx]
         if config.augment:
             inputs = random_crop_flip(inputs, generator=generator)
+        if config.cutout:
+            inputs = random_cutout(inputs, config.cutout, generator=generator)
         inputs = inputs.to(device, memory_format=torch.channels_last)
         labels = y[idx].to(device)
         with torch.autocast(
@@ -272,6 +280,33 @@ def random_crop_flip(
     batch = torch.arange(n)[:, None, None, None]
     chans = torch.arange(channels)[None, :, None, None]
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_cutout(
+    images: torch.Tensor, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Sets a ``size x size`` square of each image to zero at a random centre (Cutout).
+
+    Args:
+        images: ``[N, C, H, W]``.
+        size: Side of the square in pixels.
+        generator: Source of the centres (CPU).
+
+    Returns:
+        A new tensor; image ``i`` is zero on rows ``[r - size // 2, r - size // 2 + size)`` and
+        the same span of columns around ``c``, with ``r, c`` uniform over the image and the
+        square clipped at its borders (so a square at an edge covers less), as in DeVries &
+        Taylor's reference code.
+    """
+    n, _, height, width = images.shape
+    top = torch.randint(0, height, (n, 1), generator=generator) - size // 2
+    left = torch.randint(0, width, (n, 1), generator=generator) - size // 2
+    rows = torch.arange(height)
+    cols = torch.arange(width)
+    in_rows = (rows >= top) & (rows < top + size)  # [N, H]
+    in_cols = (cols >= left) & (cols < left + size)  # [N, W]
+    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])  # [N, H, W]
+    return images * keep[:, None].to(images.dtype)
 
 
 def fine_tune(
@@ -501,10 +536,13 @@ def train_settings(config: TrainConfig) -> dict:
     """The settings a trained model depends on: ``config`` as a dict without ``progress``.
 
     ``init_from`` becomes ``"sha256:<hex>"`` of the file (kept as is when it already is one),
-    and is left out when None, so models trained before the field existed keep their keys.
+    and is left out when None, as ``cutout`` when 0, so models trained before those fields
+    existed keep their keys.
     """
     settings = dataclasses.asdict(config)
     del settings["progress"]
+    if not settings["cutout"]:
+        del settings["cutout"]  # models trained before the field existed keep their keys
     init_from = settings.pop("init_from")
     if init_from is not None:
         if not init_from.startswith(_SHA_PREFIX):

@@ -66,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment", action="store_true", help="random crop (pad 4) + horizontal flip (CIFAR)"
     )
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument(
+        "--cutout",
+        type=int,
+        default=defaults.cutout,
+        metavar="PX",
+        help="zero a PXxPX square at a random place of every training image (Cutout; 16 is "
+        "the paper's CIFAR-10 size); 0: off",
+    )
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     parser.add_argument(
         "--precision",
@@ -164,6 +172,7 @@ def train_from_args(
         seed=args.seed,
         augment=args.augment,
         label_smoothing=args.label_smoothing,
+        cutout=args.cutout,
         nesterov=args.nesterov,
         precision=args.precision,
         init_from=args.init_from,

@@ -18,8 +18,10 @@ from models.training import (
     fine_tune,
     get_base_model,
     random_crop_flip,
+    random_cutout,
     resolve_device,
     train_model,
+    train_settings,
 )
 from models.zoo import build_model
 
@@ -87,6 +89,50 @@ def test_random_crop_flip_shifts_and_mirrors_each_image() -> None:
         shifts.add(int(row_of))
     assert 0.3 < flips / n < 0.7  # about half are mirrored
     assert shifts <= set(range(-pad, pad + 1)) and len(shifts) > 1
+
+
+def test_random_cutout_zeroes_one_clipped_square_per_image() -> None:
+    n, height, width, size = 200, 8, 6, 4
+    images = torch.arange(1, n * 2 * height * width + 1, dtype=torch.float32).view(
+        n, 2, height, width
+    )
+    out = random_cutout(images, size, generator=torch.Generator().manual_seed(0))
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1])  # the same square in every channel
+    assert torch.equal(out[~zero], images[~zero])  # everything else untouched
+    centres = set()
+    for i in range(n):
+        rows = torch.nonzero(zero[i, 0].any(1)).flatten()
+        cols = torch.nonzero(zero[i, 0].any(0)).flatten()
+        # a solid rectangle: every pixel in the rows x cols box is zero, none outside it
+        assert int(zero[i, 0].sum()) == len(rows) * len(cols) > 0
+        # square of side 4 around a centre in the image, clipped: 2 (corner) to 4 pixels a side
+        assert 2 <= len(rows) <= size and 2 <= len(cols) <= size
+        if 0 < rows[0] and rows[-1] < height - 1:  # not clipped: exactly the side
+            assert len(rows) == size
+        centres.add(int(rows[-1]) - size // 2 + 1 if rows[0] == 0 else int(rows[0]) + size // 2)
+    assert centres == set(range(height))  # every row is a centre somewhere
+    with pytest.raises(RlpruneError, match="cutout=-1"):
+        TrainConfig(cutout=-1)
+
+
+def test_training_applies_cutout_to_its_inputs(digits_splits) -> None:
+    # a square twice the image's side covers all of it wherever its centre falls
+    model = _seeded_model("vgg_small", digits_splits)
+    side = digits_splits.input_shape[-1]
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].abs().sum()))
+    config = TrainConfig(epochs=1, batch_size=256, cutout=2 * side, progress=False)
+    train_model(model, digits_splits.train, config)
+    assert seen and all(total == 0 for total in seen)
+    evaluate(model, digits_splits.test)  # evaluation sees the images
+    assert seen[-1] > 0
+
+
+def test_cutout_is_part_of_the_cache_key_only_when_on() -> None:
+    # models trained before the option existed (the shipped ones) keep their settings' digest
+    assert "cutout" not in train_settings(TrainConfig())
+    assert train_settings(TrainConfig(cutout=16))["cutout"] == 16
 
 
 def test_training_learns_digits_and_is_seeded(digits_splits: DataSplits) -> None:
