@@ -111,9 +111,9 @@ class LockedLatency:
         with self.lock:
             return self.source.profile(layer_names)
 
-    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+    def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, float]:
         with self.lock:
-            return self.source.relative_latency(model)
+            return self.source.relative_latency(model, fresh=fresh)
 
     @property
     def compile_s(self) -> float:
@@ -214,8 +214,8 @@ class LatencyTimer:
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         return self.source.profile(layer_names)
 
-    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
-        return self.source.relative_latency(model)
+    def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, float]:
+        return self.source.relative_latency(model, fresh=fresh)
 
 
 class RemoteLatency:
@@ -227,8 +227,8 @@ class RemoteLatency:
     def profile(self, layer_names: Sequence[str]) -> tuple[dict[str, float], float]:
         return _ray().get(self.timer.profile.remote(list(layer_names)))
 
-    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
-        return _ray().get(self.timer.relative_latency.remote(model))
+    def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, float]:
+        return _ray().get(self.timer.relative_latency.remote(model, fresh))
 
 
 def _ray() -> ModuleType:

@@ -33,6 +33,8 @@ CALIBRATION_WINDOW = 25
 CALIBRATION_QUANTILE = 0.25
 #: Strategies whose estimated saving is below this teach the slope nothing (noise dominates).
 _MIN_SAVING = 0.05
+#: Measured points the window needs before :meth:`LatencyCost.typical` answers.
+TYPICAL_MIN_POINTS = 5
 
 
 class CostModel(ABC):
@@ -122,6 +124,15 @@ class LatencyCost(CostModel):
 
     def estimate(self, keep: Sequence[float]) -> float:
         return 1.0 - self.slope * (1.0 - self.raw_estimate(keep))
+
+    def typical(self, keep: Sequence[float]) -> float | None:
+        """The relative latency a measurement of ``keep`` typically gives: the estimate with the
+        window's median slope (the action wall's quantile errs high on purpose). None while the
+        window holds fewer than :data:`TYPICAL_MIN_POINTS` points, or without calibration."""
+        if not self.calibrate or len(self._samples) < TYPICAL_MIN_POINTS:
+            return None
+        slope = float(np.median(self._samples))
+        return 1.0 - slope * (1.0 - self.raw_estimate(keep))
 
     def shares(self, num_units: int) -> np.ndarray:
         """Shares of the uncalibrated profile (fixed for the env's life: the observation's)."""

@@ -263,7 +263,7 @@ class LatencyMeter:
         self.last_times: tuple[list[float], list[float]] | None = None
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
 
-    def relative_latency(self, model: nn.Module) -> tuple[float, LatencyStats]:
+    def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, LatencyStats]:
         """(candidate / reference latency, candidate stats), timed interleaved.
 
         Candidate and reference runs alternate (the order flips every repeat), so both see the same
@@ -271,13 +271,14 @@ class LatencyMeter:
         latency alone. Timing stops as soon as the ratio is known to ``config.rel_tol`` or known to
         lie on one side of ``threshold`` (after at least ``config.min_repeats`` pairs, at most
         ``config.repeats``). The reference, timed at every call, gets one warm-up run; the candidate
-        ``config.warmup``.
+        ``config.warmup``. ``fresh``: time it even when the architecture was timed before; the
+        new timing replaces the old one (here and in the store).
         """
         key = shape_signature(model)
-        if key in self._cache:
+        if key in self._cache and not fresh:
             self.hits += 1
             return self._cache[key]
-        stored = self.store.get(model) if self.store is not None else None
+        stored = self.store.get(model) if self.store is not None and not fresh else None
         if stored is not None:
             self.hits += 1
             self._cache[key] = stored

@@ -429,9 +429,10 @@ class TableLatency:
             )
         return self.table.layer_ms(), self.table.overhead_ms
 
-    def relative_latency(self, model: nn.Module) -> tuple[float, float]:
+    def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, float]:
         """(estimated relative latency, its ms): the linear estimate relative to the reference's,
-        through the table's measured points (:meth:`LatencyTable.corrected`)."""
+        through the table's measured points (:meth:`LatencyTable.corrected`); deterministic, so
+        ``fresh`` changes nothing."""
         relative = self.table.corrected(self.table.estimate_ms(model) / self.base_ms)
         return relative, relative * self.base_ms
 

@@ -23,7 +23,7 @@ class MacsLatency:
     def profile(self, layer_names):
         return {name: 1.0 for name in layer_names}, 0.5
 
-    def relative_latency(self, model):
+    def relative_latency(self, model, fresh=False):
         relative = count_cost(model, self.example)[0] / self.base_macs
         return relative, 10.0 * relative
 
@@ -92,7 +92,7 @@ class CurveLatency:
         shares = [kept[n] / full for n, full in self.weights.items()]
         return self.overhead_ms + self.layer_ms * sum(self.curve(f) for f in shares)
 
-    def relative_latency(self, model):
+    def relative_latency(self, model, fresh=False):
         ms = self.latency_ms(model)
         return ms / self.base_ms, ms
 

@@ -390,7 +390,7 @@ def test_reward_accuracy_in_channels_last_is_the_contiguous_one_and_timing_sees_
         return evaluate(model, *args)
 
     class RecordingLatency(MacsLatency):
-        def relative_latency(self, model):
+        def relative_latency(self, model, fresh=False):
             timed.append(all(p.is_contiguous() for p in model.parameters()))
             return super().relative_latency(model)
 
@@ -422,3 +422,60 @@ def test_reward_accuracy_in_channels_last_is_the_contiguous_one_and_timing_sees_
         result["accuracy"], abs=1 / images
     )
     assert not any(formats[-1])
+
+
+class FirstReadingLow(MacsLatency):
+    """MACs latency, except that the first timing of the architectures in ``low`` reads
+    ``factor`` x the true value (a disturbed reference); a fresh timing reads true."""
+
+    def __init__(self, reference, input_shape, factor=0.6):
+        super().__init__(reference, input_shape)
+        self.factor, self.low, self.calls = factor, set(), []
+
+    def relative_latency(self, model, fresh=False):
+        relative, ms = super().relative_latency(model)
+        key = tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        self.calls.append((key, fresh))
+        if key in self.low and not fresh:
+            return self.factor * relative, self.factor * ms
+        return relative, ms
+
+
+@pytest.mark.parametrize("band", [0.15, 0.0])
+def test_a_reading_far_below_the_calibration_is_timed_again(trained, mnist5k_splits, band):
+    latency = FirstReadingLow(trained, mnist5k_splits.input_shape)
+    cfg = PruningEnvConfig(target=0.6, actions="absolute", retime_below=band)
+    env = ChannelPruningEnv(
+        trained, mnist5k_splits.train, mnist5k_splits.reward_val, cfg, latency=latency
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # measured episodes fill the calibration window
+        env.reset()
+        for _ in env.units:
+            env.step(rng.uniform(-1, 1, size=1).astype(np.float32))
+    strategy = {u.name: 0.5 for u in env.units}
+    pruned = env.pruner.apply(strategy)
+    key = tuple(m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d))
+    true, _ = MacsLatency(trained, mnist5k_splits.input_shape).relative_latency(pruned)
+    typical = env.latency_cost.typical(env.pruner.keep_fractions(strategy))
+    assert typical is not None and 0.6 * true < typical * (1 - 0.15)  # the low reading is odd
+    latency.low.add(key)
+    latency.calls.clear()
+    result = env.evaluate_strategy(strategy)
+    if band:
+        assert latency.calls == [(key, False), (key, True)]
+        assert result["relative_latency"] == pytest.approx(true) and result["latency_retimed"]
+    else:
+        assert latency.calls == [(key, False)]
+        assert result["relative_latency"] == pytest.approx(0.6 * true)
+        assert not result["latency_retimed"]
+    # a reading close to the typical value is timed once
+    other = {u.name: 0.3 for u in env.units}
+    latency.calls.clear()
+    again = env.evaluate_strategy(other)
+    assert [fresh for _, fresh in latency.calls] == [False] and not again["latency_retimed"]
+
+
+def test_retime_below_must_be_a_fraction():
+    with pytest.raises(RlpruneError, match="retime_below"):
+        PruningEnvConfig(retime_below=1.0)

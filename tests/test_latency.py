@@ -199,6 +199,25 @@ def test_meters_sharing_a_store_agree_and_time_each_architecture_once(exact_cloc
     assert len(list(tmp_path.glob("net-measurements-*.json"))) == 2
 
 
+def test_a_fresh_timing_replaces_the_cached_and_stored_one(exact_clock, tmp_path):
+    cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
+    reference = Steps(4.0)
+    # 2 ms for the first six passes (one warm-up, five pairs), 1 ms for the next six
+    candidate = Steps(*[2.0] * 6, *[1.0] * 6)
+
+    def meter():
+        return LatencyMeter(reference, SHAPE, cfg, store=MeasurementStore(tmp_path, reference, cfg))
+
+    first = meter()
+    assert first.relative_latency(candidate)[0] == pytest.approx(0.5)
+    assert first.relative_latency(candidate)[0] == pytest.approx(0.5) and candidate.calls == 6
+    assert first.relative_latency(candidate, fresh=True)[0] == pytest.approx(0.25)
+    assert (first.hits, first.misses, candidate.calls) == (1, 2, 12)
+    assert first.relative_latency(candidate)[0] == pytest.approx(0.25)  # the cache has the new one
+    later = meter()
+    assert later.relative_latency(candidate)[0] == pytest.approx(0.25) and later.misses == 0
+
+
 def test_an_unreadable_store_is_ignored_and_replaced(exact_clock, tmp_path):
     cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
     reference = Steps(4.0)

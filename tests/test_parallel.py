@@ -40,7 +40,7 @@ class LoggedLatency(MacsLatency):
         super().__init__(reference, input_shape)
         self.log = str(log)
 
-    def relative_latency(self, model):
+    def relative_latency(self, model, fresh=False):
         start = time.time()
         time.sleep(SLEEP_S)
         with open(self.log, "a") as f:
