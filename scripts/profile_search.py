@@ -69,6 +69,9 @@ class Recorder:
         self.cached = 0
         self.agent_updates_s = 0.0
         self.timings: list[tuple[list[float], list[float]]] = []
+        #: (first reading, second reading) of each architecture whose first relative latency
+        #: was timed again (``PruningEnvConfig.retime_below``).
+        self.retimed: list[tuple[float, float]] = []
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Recorder]:
@@ -85,13 +88,17 @@ class Recorder:
                 self.cached += 1
             else:
                 self.evaluated += 1
+                if result.get("latency_retimed_from") is not None:
+                    self.retimed.append(
+                        (result["latency_retimed_from"], result["relative_latency"])
+                    )
                 for stage in STAGE_TIMES:
                     self.stages[stage] += float(result.get(stage, 0.0))
             return result
 
-        def timed(meter: Any, model: Any) -> Any:
+        def timed(meter: Any, model: Any, **kwargs: Any) -> Any:
             before = meter.last_times
-            out = relative_latency(meter, model)
+            out = relative_latency(meter, model, **kwargs)
             if meter.last_times is not before:  # a new measurement, not a cache hit
                 self.timings.append(tuple(list(t) for t in meter.last_times))
             return out
@@ -188,6 +195,16 @@ def report(recorder: Recorder, wall_s: float, summary: dict[str, float]) -> str:
             f"{summary['reference_within_sd']:.3f}, "
             f"pair ratios {summary['pair_ratio_within_sd']:.3f}"
         )
+        retimed = recorder.retimed
+        if retimed:
+            pairs = ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in retimed[:8])
+            more = f" (first 8 of {len(retimed)})" if len(retimed) > 8 else ""
+            lines.append(
+                f"re-timed (a first reading far below the calibration's typical value): "
+                f"{len(retimed)} of {recorder.evaluated}: {pairs}{more}"
+            )
+        else:
+            lines.append(f"re-timed: none of {recorder.evaluated}")
         if "reference_drift_sd" in summary:
             lines.append(
                 "reference median vs the median of the previous measurements' (log): sd "
@@ -216,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "agent_updates_s": recorder.agent_updates_s,
                 "evaluated": recorder.evaluated,
                 "cached": recorder.cached,
+                "retimed": recorder.retimed,
                 "latency": summary,
                 "timings_ms": [{"candidate": c, "reference": r} for c, r in recorder.timings],
             },
