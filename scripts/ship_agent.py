@@ -2,7 +2,7 @@
 record it (checksum, observation features, training networks and dataset, the command) in the
 index; by default it becomes the agent apply_agent.py and transfer_study.py use without --agent.
 
-    python scripts/ship_agent.py --run runs/RUN --name multi6-v2
+    python scripts/ship_agent.py --run runs/RUN --name multi6-rel
 """
 
 from __future__ import annotations
