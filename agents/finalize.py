@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from agents.evaluation import FineTuneConfig, ModelRow, compare_strategies
+from agents.selection import SelectionConfig, select_strategy
 from envs.baselines import uniform_for_target
 from envs.pruning import load_pruned, save_pruned
 from envs.pruning_env import ChannelPruningEnv
+from models.atomic import write_json_atomic
 from models.data import DataSplits
 from models.errors import PruningError
 
@@ -178,3 +180,61 @@ def write_report(
     path = Path(run_dir) / f"report{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def select_final(
+    env: ChannelPruningEnv,
+    best: dict[str, Any],
+    splits: DataSplits,
+    settings: Mapping[str, Any],
+    run_dir: Path,
+    suffix: str = "",
+) -> dict[str, Any]:
+    """The strategy to deliver: the best architectures the env evaluated, re-scored
+    (:func:`agents.selection.select_strategy`: re-timed, the rules at the target among the
+    candidates and the better one the incumbent, top-k re-scored after a short fine-tune).
+
+    Args:
+        env: The env the strategies were evaluated in (its result cache holds them).
+        best: The record of the best episode (``strategy``, ``reward``, ...).
+        splits: Its data (the train split feeds the re-scoring's fine-tune).
+        settings: Flat settings with ``select_top_k``, ``select_steps``, ``seed`` and
+            ``latency_table`` (a table's device is not this one: no re-timing then).
+        run_dir: Where ``selection<suffix>.json`` (every candidate's search reward and
+            re-score) is written.
+        suffix: Of the file name (one per network of a multi-network run).
+
+    Returns:
+        ``best`` with the chosen strategy, accuracy, cost and reward in place.
+    """
+    env.evaluate_strategy(best["strategy"])  # in the env's cache, also after a --resume
+    config = SelectionConfig(
+        top_k=settings["select_top_k"],
+        fine_tune_steps=settings["select_steps"],
+        seed=settings["seed"],
+        # A latency table's device is not this one: its budget was kept by the table's estimate.
+        retime=not settings.get("latency_table"),
+    )
+    chosen = select_strategy(env, splits.train, config)
+    write_json_atomic(
+        run_dir / f"selection{suffix}.json",
+        {
+            "config": vars(config),
+            "chosen_search_rank": chosen["search_rank"],
+            "chosen_rule": chosen["rule"],
+            "candidates": chosen["candidates"],
+            "dropped_over_latency": chosen["dropped"],
+        },
+    )
+    rule = f" ({chosen['rule']} pruning at the target: no other beat it by the margin)"
+    print(
+        f"final choice: the search's number {chosen['search_rank'] + 1} of "
+        f"{len(chosen['candidates'])} re-scored{rule if chosen['rule'] else ''} (reward-split "
+        f"accuracy after {config.fine_tune_steps} fine-tune steps: "
+        f"{chosen['selection_score']:.4f})"
+    )
+    keys = ("strategy", "accuracy", "relative_latency", "relative_macs", "reward", "kept_channels")
+    final = {**best, **{k: chosen[k] for k in keys}}
+    if chosen["search_rank"] != 0:
+        final["episode"] = "-"  # another architecture than the best episode's
+    return final

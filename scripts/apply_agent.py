@@ -8,9 +8,15 @@
 
 The agent's observation is architecture-agnostic, so the same agent proposes a per-unit strategy
 for a network it has never seen. Without ``--agent`` the agent shipped in agents/pretrained/
-(trained across six architectures, see agents/pretrained/README.md) is used. The run directory gets
-the strategy, the pruned model, a report that compares it with uniform pruning at the same target,
-and TensorBoard logs of any search.
+(trained across six architectures, see agents/pretrained/README.md) is used. The agent's
+strategies (zero-shot, and the warm start's) then go through the final choice of a search
+(:func:`agents.finalize.select_final`): re-timed, uniform and global magnitude pruning at the
+target among the candidates, the top ``--select-top-k`` re-scored after ``--select-steps``
+fine-tune steps, a rule kept unless beaten by a standard error (zero-shot policies scored below
+uniform on every unseen network in docs/transfer.md). The run directory gets the agent's strategy
+(``zero_shot_strategy.json``, ``best_strategy.json``), the final choice (``selection.json``), the
+pruned model, a report that compares it with uniform pruning at the same target, and TensorBoard
+logs of any search.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from agents.finalize import (
     compare_with_uniform,
     make_recipe,
     save_deliverables,
+    select_final,
     summary_table,
     write_report,
 )
@@ -35,6 +42,7 @@ from agents.methods import SearchSettings, agent_search, best_record
 from agents.pretrained import default_agent
 from agents.transfer import prepare_warm_start, zero_shot
 from agents.workload import build_workload, load_splits
+from models.atomic import write_json_atomic
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
 from models.pretrained import file_sha256
@@ -60,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--episodes", type=int, default=0, help="warm-start search episodes (0: zero-shot only)"
     )
     g.add_argument("--noise-sigma", type=float, default=0.25, help="warm-start exploration sigma")
+    common.add_selection_args(g)
     common.add_output_args(p)
     return p.parse_args(argv)
 
@@ -137,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{'policy' if best['zero_shot'] == 'projected' else 'projected'} strategy: "
         f"{other['accuracy']:.4f} at relative latency {other['relative_latency']:.3f}"
     )
-    (run_dir / "zero_shot_strategy.json").write_text(json.dumps(best, indent=2, default=str))
+    write_json_atomic(
+        run_dir / "zero_shot_strategy.json", json.loads(json.dumps(best, default=str))
+    )
     if args.episodes > 0:
         t0 = time.perf_counter()
         prepare_warm_start(agent, noise_sigma=args.noise_sigma, seed=args.seed)
@@ -148,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         if found["reward"] > best["reward"]:
             best = best_record(found)
         print(f"warm-start: {found['episodes']} episodes, best reward {best['reward']:.4f}")
-    (run_dir / "best_strategy.json").write_text(json.dumps(best, indent=2, default=str))
+    write_json_atomic(run_dir / "best_strategy.json", json.loads(json.dumps(best, default=str)))
+    # the agent's strategies (zero-shot, warm start) compete with the rules at the target, as
+    # in a search's final choice: a transferred policy that scores below a rule does not ship
+    t0 = time.perf_counter()
+    best = select_final(env, best, splits, settings, run_dir)
+    timings["final selection"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     rows = compare_with_uniform(

@@ -261,6 +261,23 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_selection_args(g: argparse._ActionsContainer) -> None:
+    """The final choice's flags (:func:`agents.finalize.select_final`)."""
+    g.add_argument(
+        "--select-top-k",
+        type=int,
+        default=default("select_top_k"),
+        help="final choice: re-score this many of the best architectures evaluated, the rules "
+        "at the target among them (1: off)",
+    )
+    g.add_argument(
+        "--select-steps",
+        type=int,
+        default=default("select_steps"),
+        help="fine-tune steps of that re-scoring (batch 64, annealed)",
+    )
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """Fine-tuning of the result and where the run is written."""
     g = p.add_argument_group("output")

@@ -33,15 +33,14 @@ from agents.finalize import (
     compare_with_uniform,
     make_recipe,
     save_deliverables,
+    select_final,
     summary_table,
     write_report,
 )
 from agents.parallel import collect_results, make_vec_env, require_ray
 from agents.search import read_search_state, resume, run_search
-from agents.selection import SelectionConfig, select_strategy
 from agents.transfer import MultiModelEnv
 from agents.workload import build_workload, load_splits
-from models.atomic import write_json_atomic
 from models.data import list_datasets
 from models.errors import CheckpointError, RlpruneError
 from models.training import resolve_device
@@ -69,18 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--warmup", type=int, default=default("warmup"), help="episodes of random actions first"
     )
-    g.add_argument(
-        "--select-top-k",
-        type=int,
-        default=default("select_top_k"),
-        help="final choice: re-score this many of the search's best architectures (1: off)",
-    )
-    g.add_argument(
-        "--select-steps",
-        type=int,
-        default=default("select_steps"),
-        help="fine-tune steps of that re-scoring (batch 64, annealed)",
-    )
+    common.add_selection_args(g)
     g.add_argument(
         "--resume",
         default=None,
@@ -275,45 +263,6 @@ def parallel_env(env, settings: dict):
     where = f"Ray actors ({address})" if address else "worker processes"
     print(f"search: {n_envs} envs in parallel on {where}, episodes in rounds of {n_envs}")
     return make_vec_env(env, n_envs, ray_address=address)
-
-
-def select_final(env, best: dict, splits, settings: dict, run_dir: Path, suffix: str) -> dict:
-    """The strategy to deliver: the search's top-k re-scored (:func:`select_strategy`).
-
-    Writes ``selection<suffix>.json`` (every candidate's search reward and re-score) and returns
-    the search's best record with the chosen strategy, accuracy and cost in place.
-    """
-    env.evaluate_strategy(best["strategy"])  # in the env's cache, also after a --resume
-    config = SelectionConfig(
-        top_k=settings["select_top_k"],
-        fine_tune_steps=settings["select_steps"],
-        seed=settings["seed"],
-        # A latency table's device is not this one: its budget was kept by the table's estimate.
-        retime=not settings.get("latency_table"),
-    )
-    chosen = select_strategy(env, splits.train, config)
-    write_json_atomic(
-        run_dir / f"selection{suffix}.json",
-        {
-            "config": vars(config),
-            "chosen_search_rank": chosen["search_rank"],
-            "chosen_rule": chosen["rule"],
-            "candidates": chosen["candidates"],
-            "dropped_over_latency": chosen["dropped"],
-        },
-    )
-    rule = f" ({chosen['rule']} pruning at the target: no other beat it by the margin)"
-    print(
-        f"final choice: the search's number {chosen['search_rank'] + 1} of "
-        f"{len(chosen['candidates'])} re-scored{rule if chosen['rule'] else ''} (reward-split "
-        f"accuracy after {config.fine_tune_steps} fine-tune steps: "
-        f"{chosen['selection_score']:.4f})"
-    )
-    keys = ("strategy", "accuracy", "relative_latency", "relative_macs", "reward", "kept_channels")
-    final = {**best, **{k: chosen[k] for k in keys}}
-    if chosen["search_rank"] != 0:
-        final["episode"] = "-"  # another architecture than the best episode's
-    return final
 
 
 if __name__ == "__main__":

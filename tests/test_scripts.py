@@ -105,6 +105,13 @@ def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
     assert "zero-shot (" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
     out = tmp_path / "apply_resnet20_digits_macs0.5_s0"
     assert (out / "pruned_model.pt").is_file() and (out / "zero_shot_strategy.json").is_file()
+    # the agent's strategies competed with both rules at the target in the final choice
+    selection = json.loads((out / "selection.json").read_text())
+    assert {"uniform", "global"} <= {c["rule"] for c in selection["candidates"]}
+    chosen = next(
+        c for c in selection["candidates"] if c["search_rank"] == selection["chosen_search_rank"]
+    )
+    assert "final choice:" in proc.stdout and selection["chosen_rule"] == chosen["rule"]
 
 
 def test_transfer_study_table(trained_run, tmp_path):
