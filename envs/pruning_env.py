@@ -593,7 +593,7 @@ class ChannelPruningEnv(gym.Env):
         t4, compiled_s = time.perf_counter(), self._compile_s()
         relative_latency, latency_ms = self.latency.relative_latency(pruned)
         retimed_from = None
-        if self._suspiciously_fast(strategy, relative_latency):
+        if self._suspiciously_fast(kept, relative_latency):
             retimed_from = relative_latency
             relative_latency, latency_ms = self.latency.relative_latency(pruned, fresh=True)
         times["time_latency_s"] = time.perf_counter() - t4
@@ -623,13 +623,14 @@ class ChannelPruningEnv(gym.Env):
             self._cache[key] = result
         return {**result, "strategy": dict(strategy), "cached": False}
 
-    def _suspiciously_fast(self, strategy: Mapping[str, float], relative_latency: float) -> bool:
+    def _suspiciously_fast(self, kept: Mapping[str, int], relative_latency: float) -> bool:
         """Whether a measured relative latency is so far below the calibration's typical value
-        for ``strategy`` (``config.retime_below``) that it is timed again."""
+        for the architecture keeping ``kept`` channels per unit (``config.retime_below``) that
+        it is timed again."""
         band = self.config.retime_below
         if not band or self.config.cost != "latency":
             return False
-        typical = self.latency_cost.typical(self.pruner.keep_fractions(strategy))
+        typical = self.latency_cost.typical([kept[u.name] / u.out_channels for u in self.units])
         return typical is not None and relative_latency < typical * (1.0 - band)
 
     def _compile_s(self) -> float:

@@ -22,7 +22,6 @@ logs of any search.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -146,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'policy' if best['zero_shot'] == 'projected' else 'projected'} strategy: "
         f"{other['accuracy']:.4f} at relative latency {other['relative_latency']:.3f}"
     )
-    write_json_atomic(
-        run_dir / "zero_shot_strategy.json", json.loads(json.dumps(best, default=str))
-    )
+    write_json_atomic(run_dir / "zero_shot_strategy.json", best, default=str)
     if args.episodes > 0:
         t0 = time.perf_counter()
         prepare_warm_start(agent, noise_sigma=args.noise_sigma, seed=args.seed)
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if found["reward"] > best["reward"]:
             best = best_record(found)
         print(f"warm-start: {found['episodes']} episodes, best reward {best['reward']:.4f}")
-    write_json_atomic(run_dir / "best_strategy.json", json.loads(json.dumps(best, default=str)))
+    write_json_atomic(run_dir / "best_strategy.json", best, default=str)
     # the agent's strategies (zero-shot, warm start) compete with the rules at the target, as
     # in a search's final choice: a transferred policy that scores below a rule does not ship
     t0 = time.perf_counter()
