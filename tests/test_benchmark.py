@@ -275,3 +275,21 @@ def test_over_budget_lists_models_over_target_plus_five_percent():
         "t t=0.3 tpe s2: 0.320 > 0.315 (env's paired timing 0.490)",
     ]
     assert benchmark.over_budget(rows[:1]) == []
+
+
+def test_every_cifar_task_pins_a_shipped_base_model():
+    """Each CIFAR task's recipe is exactly one shipped model's, so a benchmark takes the committed
+    weights instead of training for hours (a recipe or start file edited without shipping its
+    model, or the reverse, fails here)."""
+    from models.pretrained import read_index
+    from models.training import TrainConfig, train_settings
+
+    shipped = [(e["model"], e["train_config"]) for e in read_index()]
+    cifar = {name: task for name, task in benchmark.TASKS.items() if task.dataset == "cifar10"}
+    assert {"cifar10-resnet20", "cifar10-plain20", "cifar10-plain20-cutout"} <= set(cifar)
+    for name, task in cifar.items():
+        train = dict(task.train)
+        if "init_from" in train:
+            train["init_from"] = str(ROOT / train["init_from"])
+        settings = train_settings(TrainConfig(**train, seed=0))
+        assert (task.model, settings) in shipped, name
