@@ -137,14 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     best = {**zero_shot(agent, env, seed=args.seed), "episode": 0}
     timings["zero-shot episodes"] = time.perf_counter() - t0
-    other = best["alternative"]
-    print(
-        f"zero-shot ({best['zero_shot']} strategy): reward-split accuracy {best['accuracy']:.4f}, "
-        f"relative latency {best['relative_latency']:.3f}, relative MACs "
-        f"{best['relative_macs']:.3f}; the "
-        f"{'policy' if best['zero_shot'] == 'projected' else 'projected'} strategy: "
-        f"{other['accuracy']:.4f} at relative latency {other['relative_latency']:.3f}"
-    )
+    for label, c in best["candidates"].items():
+        print(
+            f"zero-shot ({label}): reward-split accuracy {c['accuracy']:.4f}, relative latency "
+            f"{c['relative_latency']:.3f}, relative MACs {c['relative_macs']:.3f}"
+            + (" (chosen)" if label == best["zero_shot"] else "")
+        )
     write_json_atomic(run_dir / "zero_shot_strategy.json", best, default=str)
     if args.episodes > 0:
         t0 = time.perf_counter()

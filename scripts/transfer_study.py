@@ -1,9 +1,10 @@
 """How well does a trained agent transfer? Zero-shot vs warm start vs from scratch vs random search.
 
-For each network the agent never saw, at the same target: the agent's zero-shot strategy (its
-deterministic episode, and that strategy's allocation scaled to just meet the target, the better
-of the two by reward: :func:`agents.transfer.zero_shot`; the row ``zero-shot (policy)`` is the
-policy's episode alone), a warm-started search of ``--episodes`` (N) from the agent, from-scratch
+For each network the agent never saw, at the same target: the agent's zero-shot strategy (the
+best by reward of its deterministic episode, that strategy's allocation scaled to just meet the
+target, and, with relative actions, the episode with its actions shrunk towards the anchor rule:
+:func:`agents.transfer.zero_shot`; the row ``zero-shot (policy)`` is the policy's episode alone),
+a warm-started search of ``--episodes`` (N) from the agent, from-scratch
 searches of N and 3N episodes, EagleEye-style random search (``sampled``) of N episodes (and of R
 episodes with ``--random-episodes R``, e.g. 300: the bar a zero-shot policy would ideally clear),
 and uniform pruning. The stochastic methods run once per seed of ``--seeds``. Every strategy is BN-
@@ -117,7 +118,7 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
     t0 = time.perf_counter()
     agent = load_agent(args.agent, env)
     zero = zero_shot(agent, env, seed=seeds[0])
-    policy = zero if zero["zero_shot"] == "policy" else zero["alternative"]
+    policy = zero["candidates"]["policy"]
     strategies: dict[str, dict] = {"zero-shot": zero["strategy"]}
     seconds = {"zero-shot": time.perf_counter() - t0}
     strategies["zero-shot (policy)"] = policy["strategy"]

@@ -1,5 +1,6 @@
 """Reuse of a trained agent on architectures it never saw, and multi-network training."""
 
+import numpy as np
 import pytest
 import torch
 from fakes import MacsLatency
@@ -17,11 +18,11 @@ TARGET = 0.5
 def make_env(digits_splits, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
 
-    def build(name: str) -> ChannelPruningEnv:
+    def build(name: str, actions: str = "relative") -> ChannelPruningEnv:
         model, _ = get_base_model(
             name, digits_splits, config=TrainConfig(epochs=1, progress=False), cache_dir=cache
         )
-        cfg = PruningEnvConfig(cost="macs", target=TARGET, bn_batches=2)
+        cfg = PruningEnvConfig(cost="macs", target=TARGET, bn_batches=2, actions=actions)
         latency = MacsLatency(model, digits_splits.input_shape)
         return ChannelPruningEnv(
             model,
@@ -79,9 +80,9 @@ def test_zero_shot_fits_the_policy_allocation_to_the_budget(trained_agent, make_
     env = make_env("resnet20")
     policy = rollout(trained_agent, env)
     zero = zero_shot(trained_agent, env)
-    records = {zero["zero_shot"]: zero, "policy" if zero["zero_shot"] == "projected" else
-               "projected": zero["alternative"]}  # fmt: skip
+    records = zero["candidates"]
     assert records["policy"]["strategy"] == policy["strategy"]
+    assert zero["strategy"] == records[zero["zero_shot"]]["strategy"]
     assert zero["reward"] == max(r["reward"] for r in records.values())
     projected = records["projected"]["strategy"]
     # the projection spends the budget: its MACs (the cost here) sit just under the target,
@@ -97,3 +98,23 @@ def test_zero_shot_fits_the_policy_allocation_to_the_budget(trained_agent, make_
         for b in width:
             if policy["strategy"][a] > policy["strategy"][b]:
                 assert projected[a] >= projected[b] - 1 / width[a] - 1 / width[b], (a, b)
+
+
+def test_zero_shot_also_tries_the_policy_shrunk_towards_the_anchor(trained_agent, make_env):
+    env = make_env("resnet20")  # relative actions (the default): action 0 is the anchor rule
+    zero = zero_shot(trained_agent, env, scales=(0.5, 0.0))
+    records = zero["candidates"]
+    assert list(records) == ["policy", "projected", "policy x0.5", "policy x0"]
+    assert zero["reward"] == max(r["reward"] for r in records.values())
+    # scale 0 is the anchor rule whatever the policy says: the env played with zero actions
+    obs, _ = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(np.zeros(1, dtype=np.float32))
+        done = terminated or truncated
+    assert records["policy x0"]["strategy"] == info["strategy"]
+    assert records["policy x0.5"]["strategy"] == rollout(trained_agent, env, scale=0.5)["strategy"]
+    assert records["policy x0.5"]["strategy"] != records["policy"]["strategy"]
+    # absolute actions have no rule at 0: no shrunken candidates
+    absolute = make_env("resnet20", actions="absolute")
+    assert list(zero_shot(trained_agent, absolute)["candidates"]) == ["policy", "projected"]
