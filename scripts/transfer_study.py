@@ -149,6 +149,8 @@ def study(name: str, args: argparse.Namespace, splits, device, run_dir: Path) ->
                 "relative_macs": row.macs / base.macs,
                 "policy_s": seconds.get(row.name),
                 "base_test_acc": base.test_acc,
+                # which zero-shot candidate won (agents.transfer.zero_shot)
+                "zero_shot_choice": zero["zero_shot"] if method == "zero-shot" else None,
             }
         )
     print(
@@ -200,8 +202,10 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             ]
             secs = [r["policy_s"] for r in group if r["policy_s"] is not None]
             policy = f"{statistics.mean(secs):.1f}" if secs else "-"
+            choice = group[0].get("zero_shot_choice")
+            label = f"{method} [chose: {choice}]" if choice else method
             lines.append(
-                f"| {network} | {group[0]['units']} | {method} | {len(group)} | "
+                f"| {network} | {group[0]['units']} | {label} | {len(group)} | "
                 + " | ".join(cols)
                 + f" | {policy} |"
             )

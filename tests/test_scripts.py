@@ -229,3 +229,9 @@ def test_apply_agent_and_transfer_study_default_to_the_shipped_agent(trained_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "transfer_digits" / "transfer.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["uniform", "zero-shot", "zero-shot (policy)"]
+    # the zero-shot row names the candidate it took (the shipped agent acts relatively)
+    choice = next(r["zero_shot_choice"] for r in rows if r["method"] == "zero-shot")
+    assert choice in ("policy", "projected", "policy x0.5", "policy x0.25")
+    assert (
+        f"zero-shot [chose: {choice}]" in (tmp_path / "transfer_digits" / "transfer.md").read_text()
+    )
