@@ -8,15 +8,17 @@
 
 The agent's observation is architecture-agnostic, so the same agent proposes a per-unit strategy
 for a network it has never seen. Without ``--agent`` the agent shipped in agents/pretrained/
-(trained across six architectures, see agents/pretrained/README.md) is used. The agent's
-strategies (zero-shot, and the warm start's) then go through the final choice of a search
-(:func:`agents.finalize.select_final`): re-timed, uniform and global magnitude pruning at the
-target among the candidates, the top ``--select-top-k`` re-scored after ``--select-steps``
-fine-tune steps, a rule kept unless beaten by a standard error (zero-shot policies scored below
-uniform on every unseen network in docs/transfer.md). The run directory gets the agent's strategy
-(``zero_shot_strategy.json``, ``best_strategy.json``), the final choice (``selection.json``), the
-pruned model, a report that compares it with uniform pruning at the same target, and TensorBoard
-logs of any search.
+(trained across six architectures, see agents/pretrained/README.md) is used. Zero-shot plays a
+few variants of the policy (its episode, its allocation fitted to the target and, with relative
+actions, the policy shrunk towards the anchor rule: :func:`agents.transfer.zero_shot`) and keeps
+the best by reward. The agent's strategies (zero-shot, and the warm start's) then go through the
+final choice of a search (:func:`agents.finalize.select_final`): re-timed, uniform and global
+magnitude pruning at the target among the candidates, the top ``--select-top-k`` re-scored after
+``--select-steps`` fine-tune steps, a rule kept unless beaten by a standard error (zero-shot
+scored below uniform on two of three unseen networks in docs/transfer.md). The run directory
+gets the agent's strategy (``zero_shot_strategy.json``, ``best_strategy.json``), the final choice
+(``selection.json``), the pruned model, a report that compares it with uniform pruning at the same
+target, and TensorBoard logs of any search.
 """
 
 from __future__ import annotations
