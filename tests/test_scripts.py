@@ -149,7 +149,9 @@ def test_transfer_study_table(trained_run, tmp_path):
         "sampled R": [0, 1],
     }
     table = (out / "transfer.md").read_text()
-    for method, n in (("zero-shot", 1), ("warm-start N", 2), ("scratch 3N", 2), ("uniform", 1)):
+    choice = next(r["zero_shot_choice"] for r in rows if r["method"] == "zero-shot")
+    zero = f"zero-shot [chose: {choice}]"
+    for method, n in ((zero, 1), ("warm-start N", 2), ("scratch 3N", 2), ("uniform", 1)):
         assert f"| resnet20 | 12 | {method} | {n} |" in table
 
 
