@@ -151,6 +151,12 @@ TASKS: dict[str, Task] = {
     "cifar10-resnet20": Task("resnet20", "cifar10", None, _CIFAR_RESTART_RESNET20),
     "cifar10-plain20": Task("plain20", "cifar10", None, _CIFAR_RESTART_PLAIN20),
     "cifar10-vgg_cifar": Task("vgg_cifar", "cifar10", None, _CIFAR_TRAIN_VGG),
+    "cifar10-resnet20-cutout": Task(
+        "resnet20",
+        "cifar10",
+        None,
+        _cutout_restart("resnet20-cifar10_train-988471ca-092b50.pt", 40),
+    ),
     "cifar10-plain20-cutout": Task(
         "plain20", "cifar10", None, _cutout_restart("plain20-cifar10_train-988471ca-7396d6.pt", 30)
     ),
