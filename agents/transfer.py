@@ -29,7 +29,7 @@ def rollout(
     obs, _ = env.reset(seed=seed)
     while True:
         action, _ = agent.predict(obs, deterministic=True)
-        obs, _, terminated, truncated, info = env.step(action * scale if scale != 1.0 else action)
+        obs, _, terminated, truncated, info = env.step(action * scale)
         if terminated or truncated:
             return info
 

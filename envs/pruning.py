@@ -121,7 +121,11 @@ class Pruner:
 
     def keep_fractions(self, strategy: Mapping[str, float]) -> list[float]:
         """Kept fraction per unit index after rounding, the ``keep`` of ``estimate_cost``."""
-        kept = self.kept_channels(strategy)
+        return self.fractions_of(self.kept_channels(strategy))
+
+    def fractions_of(self, kept: Mapping[str, int]) -> list[float]:
+        """Kept fraction per unit index of the channel counts ``kept`` (from
+        :meth:`kept_channels`)."""
         return [kept[u.name] / u.out_channels for u in self.units]
 
     def removed_channels(self, strategy: Mapping[str, float]) -> dict[str, list[int]]:

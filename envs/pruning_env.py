@@ -576,7 +576,7 @@ class ChannelPruningEnv(gym.Env):
 
         times = dict.fromkeys(STAGE_TIMES, 0.0)
         t0 = time.perf_counter()
-        pruned = self.pruner.apply(strategy)
+        pruned = self.pruner.prune_to(kept)  # the counts above: no second rounding
         macs, params = count_cost(pruned, self.example_input)
         t1 = time.perf_counter()
         times["time_prune_s"] = t1 - t0
@@ -630,7 +630,7 @@ class ChannelPruningEnv(gym.Env):
         band = self.config.retime_below
         if not band or self.config.cost != "latency":
             return False
-        typical = self.latency_cost.typical([kept[u.name] / u.out_channels for u in self.units])
+        typical = self.latency_cost.typical(self.pruner.fractions_of(kept))
         return typical is not None and relative_latency < typical * (1.0 - band)
 
     def _compile_s(self) -> float:
