@@ -228,3 +228,47 @@ def test_an_unreadable_store_is_ignored_and_replaced(exact_clock, tmp_path):
     meter = LatencyMeter(reference, SHAPE, cfg, store=store)
     assert meter.relative_latency(Steps(2.0))[0] == pytest.approx(0.5) and meter.misses == 1
     assert list(MeasurementStore(tmp_path, reference, cfg).entries.values())[0][0] == 0.5
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class GpuWait(nn.Module):
+    """Identity that keeps the GPU busy for ``ms`` ms (``torch.cuda._sleep``) and returns at once
+    on the host: timing it without synchronising the device reads the launch time alone."""
+
+    def __init__(self, ms: float, cycles_per_ms: float) -> None:
+        super().__init__()
+        self.ms, self.cycles = ms, int(ms * cycles_per_ms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.cuda._sleep(self.cycles)
+        return x
+
+    def extra_repr(self) -> str:
+        return str(self.ms)
+
+
+@pytest.fixture
+def cycles_per_ms():
+    """GPU clock cycles per ms, read with CUDA events around a long spin (clocks warmed first)."""
+    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+    torch.cuda._sleep(20_000_000)
+    start.record()
+    torch.cuda._sleep(100_000_000)
+    end.record()
+    torch.cuda.synchronize()
+    return 100_000_000 / start.elapsed_time(end)
+
+
+@CUDA
+def test_cuda_latency_waits_for_the_device(cycles_per_ms):
+    config = LatencyConfig(device="cuda", warmup=2, repeats=7, threads=1)
+    stats = measure_latency(GpuWait(2.0, cycles_per_ms), SHAPE, config)
+    assert 1.9 <= stats.min_ms < 2.4  # the kernel's 2 ms, not the launch's microseconds
+
+
+@CUDA
+def test_cuda_meter_ratio_of_known_durations(cycles_per_ms):
+    meter = LatencyMeter(GpuWait(2.0, cycles_per_ms), SHAPE, LatencyConfig(device="cuda"))
+    assert meter.relative_latency(GpuWait(1.0, cycles_per_ms))[0] == pytest.approx(0.5, abs=0.05)
