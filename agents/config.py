@@ -72,6 +72,9 @@ class SearchConfig:
     Attributes:
         episodes: search episodes, warm-up included.
         warmup: episodes of random actions before the agent learns.
+        warmup_mode: how those episodes explore: ``"actions"`` (AMC's uniform random actions,
+            unit by unit) or ``"strategies"`` (whole strategies at the target, drawn as
+            EagleEye's sampled search draws them); see :class:`agents.ddpg.AgentConfig`.
         seed: the search seed: agent, exploration, base-model training and fine-tunes.
         select_top_k: the final choice re-scores this many of the search's best (1: off).
         select_steps: fine-tune steps of that re-scoring.
@@ -81,6 +84,7 @@ class SearchConfig:
 
     episodes: int = 300
     warmup: int = AgentConfig.warmup_episodes
+    warmup_mode: str = AgentConfig.warmup_mode
     seed: int = AgentConfig.seed
     select_top_k: int = SelectionConfig.top_k
     select_steps: int = SelectionConfig.fine_tune_steps

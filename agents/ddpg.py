@@ -16,7 +16,11 @@ What AMC does that plain SB3 DDPG does not, and how it is added here:
 * **Warm-up** of uniform random actions for a number of *episodes* (SB3 counts steps); with
   relative actions a fresh agent's first episode plays action 0 throughout: with the env's anchor,
   the anchor rule (uniform or global magnitude pruning) at the target as measured
-  (:meth:`AMCDDPG._uniform_episode`).
+  (:meth:`AMCDDPG._uniform_episode`). With ``AgentConfig.warmup_mode="strategies"`` the warm-up
+  instead plays whole strategies drawn as EagleEye draws them (random per-unit propensities
+  projected onto the target, :meth:`envs.pruning_env.ChannelPruningEnv.strategy_action`): per-unit
+  random actions through the action wall push the late units to the maximum ratio, so their
+  transitions teach the critic little about strategies at the target.
 
 With several environments (an SB3 ``VecEnv``, :mod:`agents.parallel`) a rollout is one episode of
 every env, the envs' episodes end together (one network: every episode has its number of units),
@@ -46,6 +50,9 @@ from envs.features import FEATURES_VERSION, current_feature_names
 from envs.pruning_env import PruningEnvConfig
 from models.errors import CheckpointError
 
+#: How the warm-up explores: unit by unit (AMC) or whole strategies at the target.
+WARMUP_MODES = ("actions", "strategies")
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -58,7 +65,11 @@ class AgentConfig:
         tau: soft target-update rate.
         batch_size: transitions per gradient step.
         buffer_episodes: replay buffer size in episodes (x number of units = transitions).
-        warmup_episodes: episodes of uniform random actions before learning starts.
+        warmup_episodes: episodes of exploration before learning starts.
+        warmup_mode: how the warm-up explores (:data:`WARMUP_MODES`): ``"actions"`` (AMC:
+            uniform random actions, unit by unit) or ``"strategies"`` (whole strategies at the
+            target, drawn as EagleEye's sampled search draws them; the first is uniform pruning
+            by the cost estimate, or with relative actions the anchor rule).
         noise_sigma: exploration sigma at the end of the warm-up, in pruning-ratio units (action
             range 1).
         noise_decay: sigma multiplier per episode after the warm-up; None ties it to the budget
@@ -80,6 +91,7 @@ class AgentConfig:
     batch_size: int = 64
     buffer_episodes: int = 100
     warmup_episodes: int = 100
+    warmup_mode: str = "actions"
     noise_sigma: float = 0.5
     noise_decay: float | None = None
     noise_final: float = 0.05
@@ -91,6 +103,10 @@ class AgentConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.warmup_mode not in WARMUP_MODES:
+            raise ValueError(
+                f"unknown warm-up mode '{self.warmup_mode}'; choose {', '.join(WARMUP_MODES)}"
+            )
         if self.episodes is not None and self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if not 0 < self.noise_final <= self.noise_sigma:
@@ -242,10 +258,17 @@ class AMCDDPG(DDPG):
         self.action_mode: str = "absolute"
         self._warmup_actions: list[np.ndarray] = []
         self.uniform_first_steps = 0  # see _uniform_episode
+        self.warmup_mode = "actions"  # AgentConfig.warmup_mode
+        self._plan_rng: np.random.Generator | None = None  # see _strategy_action
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_warmup_actions", "uniform_first_steps"]
+        return [
+            *super()._excluded_save_params(),
+            "_warmup_actions",
+            "uniform_first_steps",
+            "_plan_rng",
+        ]
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         update_learning_rate(self.actor.optimizer, self.actor_lr)
@@ -260,6 +283,8 @@ class AMCDDPG(DDPG):
         if n_envs == 1 and self._uniform_episode():
             scaled = np.zeros((1, *self.action_space.shape), dtype=np.float32)
             return self.policy.unscale_action(scaled), scaled
+        if self.num_timesteps < learning_starts and self.warmup_mode == "strategies":
+            return self._strategy_action(n_envs)
         if self.num_timesteps < learning_starts and n_envs > 1:
             return self._warmup_action(noise, n_envs)
         if self.num_timesteps < learning_starts or not isinstance(
@@ -292,6 +317,30 @@ class AMCDDPG(DDPG):
             ]
             self._warmup_actions = [np.stack(step) for step in zip(*episodes, strict=True)]
         scaled = self._warmup_actions.pop(0)
+        return self.policy.unscale_action(scaled), scaled
+
+    def _strategy_action(self, n_envs: int) -> tuple[np.ndarray, np.ndarray]:
+        """Warm-up actions that play whole strategies (``warmup_mode="strategies"``).
+
+        Each env draws a strategy at its episode's first unit from the seed it is given
+        (:meth:`envs.pruning_env.ChannelPruningEnv.strategy_action`) and plays it to the end; the
+        seeds come from a generator seeded by the agent's seed and the step count, so a search
+        and its resumption draw the same strategies. The first env's first episode plays the seed
+        None: uniform pruning by the cost estimate (with relative actions, the anchor rule).
+        """
+        if self._plan_rng is None:
+            self._plan_rng = np.random.default_rng([self.seed or 0, self.num_timesteps])
+        first = self.num_timesteps < self.uniform_first_steps * n_envs
+        seeds = [int(s) for s in self._plan_rng.integers(0, 2**31, n_envs)]
+        scaled = np.array(
+            [
+                self.env.env_method(
+                    "strategy_action", None if first and i == 0 else seed, indices=[i]
+                )
+                for i, seed in enumerate(seeds)
+            ],
+            dtype=np.float32,
+        ).reshape(n_envs, *self.action_space.shape)
         return self.policy.unscale_action(scaled), scaled
 
     def _uniform_episode(self) -> bool:
@@ -356,6 +405,7 @@ def make_agent(
         verbose=verbose,
     )
     agent.uniform_first_steps = num_units
+    agent.warmup_mode = config.warmup_mode
     agent.observation_features = list(feature_names(env) or ()) or None
     agent.features_version = FEATURES_VERSION
     agent.action_mode = env_action_mode(env) or "absolute"

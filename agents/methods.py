@@ -43,6 +43,8 @@ class SearchSettings:
         progress: show a progress bar (the agent).
         noise_sigma: the agent's exploration sigma after the warm-up (None: ``AgentConfig``'s);
             its last episode's sigma is at most this.
+        warmup_mode: how the agent's warm-up explores (None: ``AgentConfig``'s; see
+            :data:`agents.ddpg.WARMUP_MODES`).
     """
 
     episodes: int
@@ -51,6 +53,7 @@ class SearchSettings:
     run_dir: Path | None = None
     progress: bool = False
     noise_sigma: float | None = None
+    warmup_mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -98,6 +101,8 @@ def agent_search(
     if agent is None:
         warmup = default_warmup(settings.episodes) if settings.warmup is None else settings.warmup
         config = AgentConfig(warmup_episodes=warmup, seed=settings.seed, episodes=settings.episodes)
+        if settings.warmup_mode is not None:
+            config = replace(config, warmup_mode=settings.warmup_mode)
         if settings.noise_sigma is not None:
             final = min(config.noise_final, settings.noise_sigma)
             config = replace(config, noise_sigma=settings.noise_sigma, noise_final=final)

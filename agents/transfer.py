@@ -138,3 +138,7 @@ class MultiModelEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         return self.current.step(action)
+
+    def strategy_action(self, seed: int | None) -> float:
+        """The current environment's :meth:`ChannelPruningEnv.strategy_action`."""
+        return self.current.strategy_action(seed)

@@ -403,6 +403,7 @@ class ChannelPruningEnv(gym.Env):
         self._pruning_ratios: list[float] = []
         self._floor = 0.0
         self._centre = 0.0
+        self._plan: dict[str, float] | None = None  # see strategy_action
         #: Kept fractions of the rule relative actions are centred on (``config.anchor``), and
         #: its name (``"uniform"`` or ``"global"``); set by :meth:`ensure_anchor`.
         self.anchor_keep: list[float] | None = None
@@ -525,6 +526,27 @@ class ChannelPruningEnv(gym.Env):
         if self.config.actions == "relative":
             return relative_ratio_to_action(pruning_ratio, self._centre, lo, hi)
         return absolute_ratio_to_action(pruning_ratio, lo, hi)
+
+    def strategy_action(self, seed: int | None) -> float:
+        """The current unit's action in a whole strategy drawn as EagleEye draws one.
+
+        At the episode's first unit the strategy is drawn: one propensity per unit, uniform in
+        (0, 1] from ``np.random.default_rng(seed)`` (``seed`` None: equal propensities, i.e.
+        uniform pruning by the cost estimate), projected onto the cost this env aims at
+        (:func:`envs.baselines.project_to_target` at :meth:`estimate_target`); later units play
+        that strategy and ignore ``seed``. Playing it for every unit evaluates the strategy, as
+        :func:`envs.baselines.sampled_search` does; the agent's warm-up does so with
+        ``AgentConfig.warmup_mode="strategies"``.
+        """
+        from envs.baselines import project_to_target  # baselines builds on this module
+
+        if not self._keep or self._plan is None:
+            if seed is None:
+                propensity = np.ones(self.num_units)
+            else:
+                propensity = 1.0 - np.random.default_rng(seed).random(self.num_units)
+            self._plan = project_to_target(self, propensity, self.estimate_target())
+        return self.pruning_ratio_to_action(self._plan[self.units[len(self._keep)].name])
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if len(self._keep) >= self.num_units:

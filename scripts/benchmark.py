@@ -88,6 +88,10 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
     # Exploration near the anchor: with the default sigma (0.5) and a third of the budget in
     # uniform random actions, 150 of plain20's 200 episodes scored far below the anchor rule.
     "agent_local": {"actions": "relative", "warmup": 10, "noise_sigma": 0.15},
+    # The warm-up plays whole strategies at the target (EagleEye's sampling) instead of random
+    # per-unit actions, which the action wall turns into late units at the maximum ratio.
+    "agent_strategies": {"warmup_mode": "strategies"},
+    "agent_relative_strategies": {"actions": "relative", "warmup_mode": "strategies"},
 }
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
@@ -379,7 +383,12 @@ def search_strategy(
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
     warmup = variant.get("warmup", args.warmup)
     settings = SearchSettings(
-        args.episodes, seed, warmup, run_dir, noise_sigma=variant.get("noise_sigma")
+        args.episodes,
+        seed,
+        warmup,
+        run_dir,
+        noise_sigma=variant.get("noise_sigma"),
+        warmup_mode=variant.get("warmup_mode"),
     )
     result = run_method("agent" if method in AGENT_VARIANTS else method, env, settings)
     found = {

@@ -28,7 +28,7 @@ import common
 import torch
 
 from agents.config import RunConfig, default, load_run_config
-from agents.ddpg import AgentConfig, agent_config_dict, make_agent
+from agents.ddpg import WARMUP_MODES, AgentConfig, agent_config_dict, make_agent
 from agents.finalize import (
     compare_with_uniform,
     make_recipe,
@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument(
         "--warmup", type=int, default=default("warmup"), help="episodes of random actions first"
+    )
+    g.add_argument(
+        "--warmup-mode",
+        choices=WARMUP_MODES,
+        default=default("warmup_mode"),
+        help="how the warm-up explores: 'actions' (AMC: uniform random actions, unit by unit) or "
+        "'strategies' (whole random strategies projected onto the target, as EagleEye samples)",
     )
     common.add_selection_args(g)
     g.add_argument(
@@ -167,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     env = works[0].env if len(works) == 1 else MultiModelEnv([w.env for w in works])
     max_units = max(w.env.num_units for w in works)
     agent_cfg = AgentConfig(
-        warmup_episodes=settings["warmup"], seed=settings["seed"], episodes=settings["episodes"]
+        warmup_episodes=settings["warmup"],
+        warmup_mode=settings["warmup_mode"],
+        seed=settings["seed"],
+        episodes=settings["episodes"],
     )
     state = read_search_state(run_dir) if args.resume else None
     search_env = parallel_env(env, settings)

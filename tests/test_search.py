@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.ddpg import AgentConfig, SharedNoise, load_agent, make_agent
 from agents.search import read_search_state, resume, run_search
+from envs.baselines import project_to_target
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
 from models.errors import CheckpointError
 
@@ -160,3 +161,44 @@ def test_an_agent_trained_on_two_envs_plays_in_one_and_back(env, tmp_path):
     assert again.n_envs == 2 and isinstance(again.action_noise, SharedNoise)
     assert again.train_freq.frequency == env.num_units  # a round of two whole episodes
     assert again.observation_features == agent.observation_features
+
+
+@pytest.mark.parametrize("actions", ["relative", "absolute"])
+def test_strategy_warmup_plays_whole_strategies_drawn_as_eagleeye_draws_them(
+    actions, digits_splits, digits_vgg_small_2ep, tmp_path, monkeypatch
+):
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2, actions=actions)
+    latency = MacsLatency(digits_vgg_small_2ep, digits_splits.input_shape)
+    env = ChannelPruningEnv(
+        digits_vgg_small_2ep, digits_splits.train, digits_splits.reward_val, cfg, latency=latency
+    )
+    seeds, strategies = [], []
+    action, evaluate = env.strategy_action, env.evaluate_strategy
+
+    def spy_action(seed):
+        seeds.append(seed)
+        return action(seed)
+
+    def spy_evaluate(strategy, **kwargs):
+        strategies.append(dict(strategy))
+        return evaluate(strategy, **kwargs)
+
+    monkeypatch.setattr(env, "strategy_action", spy_action)
+    monkeypatch.setattr(env, "evaluate_strategy", spy_evaluate)
+    config = AgentConfig(warmup_episodes=4, warmup_mode="strategies", batch_size=8, seed=0)
+    agent = make_agent(env, config, num_units=6)
+    result = run_search(agent, tmp_path, 6, max_units=6, progress=False)
+    assert result.episodes == 6
+    episodes = strategies[-6:]  # before them, a relative env measured its anchor rule
+    # Relative actions: the first episode plays action 0 (the anchor rule) without a strategy.
+    played = 4 if actions == "absolute" else 3
+    assert len(seeds) == played * 6  # every warm-up step, none after the warm-up
+    firsts = seeds[::6]
+    if actions == "absolute":
+        assert firsts[0] is None  # uniform pruning by the estimate first, as sampled_search
+    drawn = [s for s in firsts if s is not None]
+    assert len(set(drawn)) == 3  # a fresh strategy every episode
+    for seed, strategy in zip(firsts, episodes[4 - played : 4], strict=True):
+        p = np.ones(6) if seed is None else 1.0 - np.random.default_rng(seed).random(6)
+        expected = project_to_target(env, p, env.estimate_target())  # the cost it aims at
+        assert strategy == pytest.approx(expected, abs=1e-6)
