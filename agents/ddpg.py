@@ -326,7 +326,7 @@ class AMCDDPG(DDPG):
         (:meth:`envs.pruning_env.ChannelPruningEnv.strategy_action`) and plays it to the end; the
         seeds come from a generator seeded by the agent's seed and the step count, so a search
         and its resumption draw the same strategies. The first env's first episode plays the seed
-        None: uniform pruning by the cost estimate (with relative actions, the anchor rule).
+        None: with relative actions the anchor rule, else uniform pruning by the cost estimate.
         """
         if self._plan_rng is None:
             self._plan_rng = np.random.default_rng([self.seed or 0, self.num_timesteps])

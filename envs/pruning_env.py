@@ -531,15 +531,18 @@ class ChannelPruningEnv(gym.Env):
         """The current unit's action in a whole strategy drawn as EagleEye draws one.
 
         At the episode's first unit the strategy is drawn: one propensity per unit, uniform in
-        (0, 1] from ``np.random.default_rng(seed)`` (``seed`` None: equal propensities, i.e.
-        uniform pruning by the cost estimate), projected onto the cost this env aims at
+        (0, 1] from ``np.random.default_rng(seed)``, projected onto the cost this env aims at
         (:func:`envs.baselines.project_to_target` at :meth:`estimate_target`); later units play
         that strategy and ignore ``seed``. Playing it for every unit evaluates the strategy, as
         :func:`envs.baselines.sampled_search` does; the agent's warm-up does so with
-        ``AgentConfig.warmup_mode="strategies"``.
+        ``AgentConfig.warmup_mode="strategies"``. ``seed`` None plays the env's reference
+        strategy instead: with relative actions action 0 (the anchor rule), else equal
+        propensities (uniform pruning by the cost estimate, the sampled search's first).
         """
         from envs.baselines import project_to_target  # baselines builds on this module
 
+        if seed is None and self.config.actions == "relative":
+            return 0.0
         if not self._keep or self._plan is None:
             if seed is None:
                 propensity = np.ones(self.num_units)

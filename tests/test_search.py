@@ -202,3 +202,6 @@ def test_strategy_warmup_plays_whole_strategies_drawn_as_eagleeye_draws_them(
         p = np.ones(6) if seed is None else 1.0 - np.random.default_rng(seed).random(6)
         expected = project_to_target(env, p, env.estimate_target())  # the cost it aims at
         assert strategy == pytest.approx(expected, abs=1e-6)
+    env.reset()
+    if actions == "relative":  # seed None with relative actions: action 0, the anchor rule
+        assert env.strategy_action(None) == 0.0
