@@ -16,6 +16,7 @@ when it needs no agent, wrapped by :func:`_search` or :func:`_rule`), registered
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,6 +168,9 @@ SEARCH_METHODS: dict[str, SearchMethod] = {
     "random": _search(random_search),
     "sampled": _search(sampled_search),
     "tpe": _search(tpe_search),
+    # Budget-exact: every candidate's scale bisected on the measured cost, as the rules' knobs.
+    "sampled_exact": _search(functools.partial(sampled_search, exact=True)),
+    "tpe_exact": _search(functools.partial(tpe_search, exact=True)),
     "agent": agent_search,
 }
 #: Methods whose result depends on neither the seed nor the budget: one strategy, no history.

@@ -1,9 +1,11 @@
 """Whole-strategy searches: projection onto the target, EagleEye sampling and Optuna TPE."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from fakes import MacsLatency, record_episodes
+from fakes import CurveLatency, MacsLatency, record_episodes
 
 from envs.baselines import (
     project_to_target,
@@ -85,3 +87,41 @@ def test_tpe_search_is_seeded_and_returns_the_best(model, digits_splits):
     rewards = [r["reward"] for r in first["history"]]
     assert first["reward"] == max(rewards) == rewards[first["episode"]]
     assert all(r["relative_macs"] <= 0.5 + 1e-9 for r in first["history"])
+
+
+def _curve_env(model, splits, target=0.5):
+    """Latency that is the square root of each layer's kept share: the env's linear estimate
+    errs, so only a measured projection lands a strategy at the target."""
+    cfg = PruningEnvConfig(cost="latency", target=target, bn_batches=1, actions="absolute")
+    latency = CurveLatency(model, math.sqrt)
+    return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
+
+
+def test_measured_projection_spends_the_budget_the_rules_spend(model, digits_splits):
+    env = _curve_env(model, digits_splits)
+    curve = CurveLatency(model, math.sqrt)  # the same law, measured on the pruned model itself
+
+    def measured(strategy):
+        return curve.relative_latency(env.pruner.apply(strategy))[0]
+
+    limit = env.target_limit()  # the rules' bar: the target + the reward's tolerance
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        propensity = 1.0 - rng.random(env.num_units)
+        by_estimate = measured(project_to_target(env, propensity))
+        exact = measured(project_to_target(env, propensity, measured=True))
+        assert limit - 0.02 < exact <= limit  # at the bar, up to one bisection step
+        assert abs(by_estimate - limit) > limit - exact  # the estimate alone misses it
+
+
+@pytest.mark.parametrize("search", [sampled_search, tpe_search])
+def test_exact_searches_start_with_the_uniform_rule_and_stay_within_the_limit(
+    model, digits_splits, search
+):
+    env = _curve_env(model, digits_splits)
+    result = search(env, episodes=4, seed=0, exact=True)
+    rule = uniform_for_target(env)
+    first = result["history"][0]
+    assert first["relative_latency"] == rule["relative_latency"]
+    assert first["accuracy"] == rule["accuracy"]
+    assert all(r["relative_latency"] <= env.target_limit() for r in result["history"])
