@@ -92,6 +92,8 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
     # per-unit actions, which the action wall turns into late units at the maximum ratio.
     "agent_strategies": {"warmup_mode": "strategies"},
     "agent_relative_strategies": {"actions": "relative", "warmup_mode": "strategies"},
+    # Every episode rescaled onto the measured budget before it is scored, as the rules are.
+    "agent_relative_exact": {"actions": "relative", "exact_budget": True},
 }
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
@@ -324,6 +326,7 @@ def make_env(
     actions: str = "absolute",
     latency_dir: Path | None = None,
     model_name: str = "model",
+    exact_budget: bool = False,
 ) -> ChannelPruningEnv:
     """A fresh pruning env (own calibration) for one method and seed.
 
@@ -339,6 +342,7 @@ def make_env(
         reconstruct=reconstruct,
         round_to=round_to,
         actions=actions,
+        exact_budget=exact_budget,
     )
     return ChannelPruningEnv(
         model,
@@ -379,6 +383,7 @@ def search_strategy(
         variant.get("actions", "absolute"),
         run_dir.parent.parent / "latency",
         task_name,
+        variant.get("exact_budget", False),
     )
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
     warmup = variant.get("warmup", args.warmup)

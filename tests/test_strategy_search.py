@@ -16,6 +16,7 @@ from envs.baselines import (
 )
 from envs.pruning import count_cost
 from envs.pruning_env import ChannelPruningEnv, PruningEnvConfig
+from envs.rewards import TARGET_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +90,12 @@ def test_tpe_search_is_seeded_and_returns_the_best(model, digits_splits):
     assert all(r["relative_macs"] <= 0.5 + 1e-9 for r in first["history"])
 
 
-def _curve_env(model, splits, target=0.5):
+def _curve_env(model, splits, target=0.5, **config):
     """Latency that is the square root of each layer's kept share: the env's linear estimate
     errs, so only a measured projection lands a strategy at the target."""
-    cfg = PruningEnvConfig(cost="latency", target=target, bn_batches=1, actions="absolute")
+    cfg = PruningEnvConfig(
+        cost="latency", target=target, bn_batches=1, actions="absolute", **config
+    )
     latency = CurveLatency(model, math.sqrt)
     return ChannelPruningEnv(model, splits.train, splits.reward_val, cfg, latency=latency)
 
@@ -125,3 +128,26 @@ def test_exact_searches_start_with_the_uniform_rule_and_stay_within_the_limit(
     assert first["relative_latency"] == rule["relative_latency"]
     assert first["accuracy"] == rule["accuracy"]
     assert all(r["relative_latency"] <= env.target_limit() for r in result["history"])
+
+
+def test_exact_budget_env_rescales_each_episode_onto_the_measured_budget(model, digits_splits):
+    """The agent's episode fixes the shape (which units are pruned more), the measurement the
+    size: the evaluated strategy keeps the proposed order and lands at the rules' bar."""
+    curve = CurveLatency(model, math.sqrt)
+    actions = np.linspace(-0.9, 0.9, 6)  # later units pruned more
+    finals = {}
+    for exact in (False, True):
+        env = _curve_env(model, digits_splits, exact_budget=exact)
+        env.reset()
+        for a in actions:
+            *_, done, _, info = env.step(np.array([a], dtype=np.float32))
+        assert done
+        finals[exact] = info
+    exact = finals[True]
+    limit = 0.5 * (1 + TARGET_TOLERANCE)
+    measured = curve.relative_latency(env.pruner.apply(exact["strategy"]))[0]
+    assert exact["relative_latency"] == pytest.approx(measured)
+    assert limit - 0.02 < measured <= limit
+    assert abs(finals[False]["relative_latency"] - limit) > limit - measured
+    ratios = [exact["strategy"][u.name] for u in env.units]
+    assert ratios == sorted(ratios)  # the proposed shape survives the rescaling
