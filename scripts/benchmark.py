@@ -737,7 +737,9 @@ def plot_accuracy_vs_latency(rows: Sequence[Mapping[str, Any]], path: Path) -> N
     """Per task: BN-recalibrated and fine-tuned test accuracy against measured relative latency."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
-    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(present)}  # more methods than hues
     for col, task in enumerate(tasks):
         for row_i, (key, label) in enumerate((("test_acc", "BN-recal."), ("test_acc_ft", "FT"))):
             ax = axes[row_i][col]

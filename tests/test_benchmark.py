@@ -293,3 +293,20 @@ def test_every_cifar_task_pins_a_shipped_base_model():
             train["init_from"] = str(ROOT / train["init_from"])
         settings = train_settings(TrainConfig(**train, seed=0))
         assert (task.model, settings) in shipped, name
+
+
+def test_the_plot_draws_every_method_even_beyond_the_palette(tmp_path):
+    rows = [
+        {
+            "task": "t",
+            "target": 0.5,
+            "method": m,
+            "relative_latency": 0.5 - i / 100,
+            "test_acc": 0.5,
+            "test_acc_ft": 0.8,
+        }
+        for i, m in enumerate(benchmark.METHODS)
+    ]
+    assert len(rows) > 10  # more methods than matplotlib's default colour cycle
+    benchmark.plot_accuracy_vs_latency(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
