@@ -249,22 +249,37 @@ def project_to_target(
             u.name: lo + (hi - lo) * float(f) for u, f in zip(env.units, fractions, strict=True)
         }
 
-    low, high = 0.0, 1.0 / float(p.min())  # at ``high`` every unit is at max_pruning_ratio
-    if measured:
-        low = high * _bisect(
-            env, lambda knob: _snapped(env, strategy(knob * high)), target, measured_steps
+    high = 1.0 / float(p.min())  # at ``high`` every unit is at max_pruning_ratio
+    scale = _scale_by_estimate(env, strategy, target, high, steps)
+    if measured:  # bisect [0, twice the estimate's scale]: 1 / p.min() can be 100x that
+        top = min(high, 2.0 * scale)
+        if env.relative_cost(env.evaluate_strategy(strategy(top), with_accuracy=False)) > (
+            env.target_limit(target)
+        ):
+            top = high
+        scale = top * _bisect(
+            env, lambda knob: _snapped(env, strategy(knob * top)), target, measured_steps
         )
-    elif estimated_cost(env, strategy(low)) > target:
-        for _ in range(steps):
-            mid = 0.5 * (low + high)
-            if estimated_cost(env, strategy(mid)) <= target:
-                high = mid
-            else:
-                low = mid
-        low = high
     # The bisection ends on a rounding boundary of some unit's channel count; snap every pruning
     # ratio to the count it keeps, so that replaying it (float32 actions) keeps the same channels.
-    return _snapped(env, strategy(low))
+    return _snapped(env, strategy(scale))
+
+
+def _scale_by_estimate(
+    env: ChannelPruningEnv,
+    strategy: Callable[[float], dict[str, float]],
+    target: float,
+    high: float,
+    steps: int,
+) -> float:
+    """The smallest scale in ``[0, high]`` whose strategy's estimated cost meets ``target``."""
+    low = 0.0
+    if estimated_cost(env, strategy(low)) <= target:
+        return low
+    for _ in range(steps):
+        mid = 0.5 * (low + high)
+        low, high = (low, mid) if estimated_cost(env, strategy(mid)) <= target else (mid, high)
+    return high
 
 
 def _snapped(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> dict[str, float]:
