@@ -6,8 +6,11 @@ model: ``uniform`` (one pruning ratio everywhere), ``global`` (one global magnit
 search: whole random strategies projected onto the target), ``tpe`` (Optuna TPE over the same
 projection), ``agent`` (DDPG, latency reward), ``agent_relative`` (the same with actions relative to
 the anchor rule, :mod:`envs.actions`), ``agent_local`` (relative actions, a short warm-up and a
-small exploration sigma: a local search around the anchor rule) and ``agent_macs`` (DDPG, AMC's MACs
-proxy, same numeric target), the searches with the same number of episodes. Every search ends with
+small exploration sigma: a local search around the anchor rule), ``agent_macs`` (DDPG, AMC's MACs
+proxy, same numeric target), ``agent_strategies`` / ``agent_relative_strategies`` (a warm-up of
+whole strategies drawn as ``sampled`` draws them), and the budget-exact ``sampled_exact``,
+``tpe_exact`` and ``agent_relative_exact`` (every candidate rescaled onto the measured budget, as
+the rules are bisected), the searches with the same number of episodes. Every search ends with
 the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-
 scored by BN recalibration + ``--select-steps`` fine-tune steps on the images of the reward split
 that ``--reward-samples`` held out from the searches, or on the whole reward split without it). Each
