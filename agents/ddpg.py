@@ -324,8 +324,9 @@ class AMCDDPG(DDPG):
 
         Each env draws a strategy at its episode's first unit from the seed it is given
         (:meth:`envs.pruning_env.ChannelPruningEnv.strategy_action`) and plays it to the end; the
-        seeds come from a generator seeded by the agent's seed and the step count, so a search
-        and its resumption draw the same strategies. The first env's first episode plays the seed
+        seeds come from a generator seeded by the agent's seed and the step count at its first
+        use, so the same seed gives the same search and a resumed search draws new strategies,
+        not the first ones again. The first env's first episode plays the seed
         None: with relative actions the anchor rule, else uniform pruning by the cost estimate.
         """
         if self._plan_rng is None:
