@@ -1,4 +1,5 @@
 """Device plan: epochs per model from the calibration logs so every run ends by the deadline."""
+
 import ast
 import re
 import sys
