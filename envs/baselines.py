@@ -362,10 +362,16 @@ def sampled_search(
     def play(episode: int) -> dict[str, Any]:
         if episode == 0:
             return run(env, project_to_target(env, np.ones(env.num_units), measured=exact))
-        propensity = 1.0 - rng.random(env.num_units)  # (0, 1]
-        return run(env, project_to_target(env, propensity, measured=exact))
+        return run(
+            env, project_to_target(env, random_propensity(rng, env.num_units), measured=exact)
+        )
 
     return _search(env, episodes, play)
+
+
+def random_propensity(rng: np.random.Generator, num_units: int) -> np.ndarray:
+    """One propensity per unit, uniform in (0, 1]: EagleEye's draw of a whole strategy."""
+    return 1.0 - rng.random(num_units)
 
 
 def play_exact(env: ChannelPruningEnv, strategy: Mapping[str, float]) -> dict[str, Any]:
@@ -402,13 +408,13 @@ def tpe_search(
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial({f"p{i}": 1.0 for i in range(env.num_units)})  # uniform pruning first
     trials: dict[int, Any] = {}
+    run = play_exact if exact else run_strategy
 
     def play(episode: int) -> dict[str, Any]:
         trial = study.ask()
         trials[episode] = trial
         propensity = [trial.suggest_float(f"p{i}", 1e-3, 1.0) for i in range(env.num_units)]
-        strategy = project_to_target(env, propensity, measured=exact)
-        return play_exact(env, strategy) if exact else run_strategy(env, strategy)
+        return run(env, project_to_target(env, propensity, measured=exact))
 
     def observe(episode: int, info: dict[str, Any]) -> None:
         study.tell(trials.pop(episode), float(info["reward"]))

@@ -557,7 +557,7 @@ class ChannelPruningEnv(gym.Env):
         strategy instead: with relative actions action 0 (the anchor rule), else equal
         propensities (uniform pruning by the cost estimate, the sampled search's first).
         """
-        from envs.baselines import project_to_target  # baselines builds on this module
+        from envs.baselines import project_to_target, random_propensity  # builds on this module
 
         if seed is None and self.config.actions == "relative":
             return 0.0
@@ -565,7 +565,7 @@ class ChannelPruningEnv(gym.Env):
             if seed is None:
                 propensity = np.ones(self.num_units)
             else:
-                propensity = 1.0 - np.random.default_rng(seed).random(self.num_units)
+                propensity = random_propensity(np.random.default_rng(seed), self.num_units)
             self._plan = project_to_target(self, propensity, self.estimate_target())
         return self.pruning_ratio_to_action(self._plan[self.units[len(self._keep)].name])
 
@@ -589,7 +589,7 @@ class ChannelPruningEnv(gym.Env):
         strategy = {u.name: r for u, r in zip(self.units, self._pruning_ratios, strict=True)}
         if self.config.exact_budget:
             strategy = self.budget_exact(strategy)
-            self._keep = list(self.pruner.keep_fractions(strategy))
+            self._keep = self.pruner.keep_fractions(strategy)
         result = self.evaluate_strategy(strategy)
         self.cost.observe(self._keep, result)
         info.update(result, model=self.model_name, latency_share_by_unit=self.latency_share_by_unit)
