@@ -9,23 +9,23 @@ the anchor rule, :mod:`envs.actions`), ``agent_local`` (relative actions, a shor
 small exploration sigma: a local search around the anchor rule), ``agent_macs`` (DDPG, AMC's MACs
 proxy, same numeric target), ``agent_strategies`` / ``agent_relative_strategies`` (a warm-up of
 whole strategies drawn as ``sampled`` draws them), and the budget-exact ``sampled_exact``,
-``tpe_exact`` and ``agent_relative_exact`` (every candidate rescaled onto the measured budget, as
-the rules are bisected), the searches with the same number of episodes. Every search ends with
-the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-
-scored by BN recalibration + ``--select-steps`` fine-tune steps on the images of the reward split
-that ``--reward-samples`` held out from the searches, or on the whole reward split without it). Each
-result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the same settings
-(annealed to zero) and evaluated again; all models of one task and target are then timed together,
-interleaved, best of several passes. Every finished cell (task, target, method, seed) is cached in
-``--output-dir``/cells, so an interrupted benchmark continues where it stopped. The searches'
-latency measurements are kept in ``--output-dir``/latency, one file per task, target and timing
-setting, shared by every method and seed: an architecture timed once has one relative latency in
-every env, so a rule lands on the same strategy in all of them (delete the folder to time afresh,
-e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with the
-same recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform rule)
-takes that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it
-came from (``fine_tune_reused_from``). Writes
-``results.md`` (tables), ``results.json`` and PNG plots into ``--output-dir``.
+``tpe_exact``, ``agent_relative_exact`` and ``agent_local_exact`` (every candidate rescaled onto the
+measured budget, as the rules are bisected), the searches with the same number of episodes. Every
+search ends with the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k``
+architectures re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the images of
+the reward split that ``--reward-samples`` held out from the searches, or on the whole reward split
+without it). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the
+same settings (annealed to zero) and evaluated again; all models of one task and target are then
+timed together, interleaved, best of several passes. Every finished cell (task, target, method,
+seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it stopped.
+The searches' latency measurements are kept in ``--output-dir``/latency, one file per task, target
+and timing setting, shared by every method and seed: an architecture timed once has one relative
+latency in every env, so a rule lands on the same strategy in all of them (delete the folder to time
+afresh, e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with
+the same recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform
+rule) takes that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it
+came from (``fine_tune_reused_from``). Writes ``results.md`` (tables), ``results.json`` and PNG
+plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
@@ -97,6 +97,13 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
     "agent_relative_strategies": {"actions": "relative", "warmup_mode": "strategies"},
     # Every episode rescaled onto the measured budget before it is scored, as the rules are.
     "agent_relative_exact": {"actions": "relative", "exact_budget": True},
+    # Both: budget-exact episodes that explore near the anchor (the rules are sharp optima).
+    "agent_local_exact": {
+        "actions": "relative",
+        "warmup": 10,
+        "noise_sigma": 0.15,
+        "exact_budget": True,
+    },
 }
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
