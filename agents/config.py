@@ -190,7 +190,12 @@ def _flat_names() -> dict[str, tuple[str, ...]]:
         "actions",
         "anchor_rule",
     )
-    flat.update({name: ("env", name) for name in (*env, "bn_batches", "reconstruct", "features")})
+    flat.update(
+        {
+            name: ("env", name)
+            for name in (*env, "bn_batches", "reconstruct", "features", "latency_bridge")
+        }
+    )
     latency = {"latency_batch_size": "batch_size", "latency_repeats": "repeats"}
     latency.update(threads="threads", latency_backend="backend")
     flat.update({key: ("env", "latency", name) for key, name in latency.items()})

@@ -172,13 +172,25 @@ class LatencyCost(CostModel):
         """
         if not self.calibrate:
             return
+        ratio = self.uniform_ratio(uniform_keep, target, max_pruning_ratio, steps)
+        measured = measure(ratio)
+        self._samples.clear()
+        self.add_point(uniform_keep(ratio), measured)
+
+    def uniform_ratio(
+        self,
+        uniform_keep: Callable[[float], Sequence[float]],
+        target: float,
+        max_pruning_ratio: float,
+        steps: int = 12,
+    ) -> float:
+        """The least uniform pruning ratio whose estimate meets ``target`` (bisected in
+        ``steps``; ``max_pruning_ratio`` if none does)."""
         lo, hi = 0.0, max_pruning_ratio
-        for _ in range(steps):  # least uniform pruning ratio whose estimate meets the target
+        for _ in range(steps):
             mid = 0.5 * (lo + hi)
             lo, hi = (lo, mid) if self.estimate(uniform_keep(mid)) <= target else (mid, hi)
-        measured = measure(hi)
-        self._samples.clear()
-        self.add_point(uniform_keep(hi), measured)
+        return hi
 
 
 def _shares(estimate: Callable[[Sequence[float]], float], num_units: int) -> np.ndarray:

@@ -232,13 +232,25 @@ class LatencyMeter:
             asked before timing, given what was timed, so meters sharing it agree. None: only
             this meter's memory.
 
+    **Bridge** (:meth:`set_bridge`): a search's candidates sit near its target, often half the
+    reference's latency or less, so timing the reference in every pair costs more than timing
+    the candidate. Once a bridge (a model of about the candidates' latency) is set, candidates are
+    paired with the bridge instead, and their ratio to the reference is ``candidate / bridge``
+    times ``bridge / reference``. The second factor is timed interleaved too: ``bridge_pairs``
+    pairs when the bridge is set and ``bridge_retime_pairs`` more after every ``bridge_every``
+    measurements, all of them pooled (the median of every pair's log-ratio), so it gets more
+    precise over a search and follows a slow drift. Pairing stays interleaved (the machine's load
+    cancels as before), only against a model as fast as the candidate.
+
     Attributes:
         reference_stats: Latency of the reference, measured at construction.
+        bridge: the model candidates are paired with (None: the reference).
+        bridge_ratio: the bridge's latency relative to the reference (1.0 without a bridge).
         hits: Calls of :meth:`relative_latency` answered from the cache (or the store).
         misses: Calls that measured.
         last_times: ms of each timed run of the last call that measured, ``(candidate runs,
-            reference runs)`` in pair order (warm-ups excluded); for profiling
-            (``scripts/profile_search.py``). None before the first.
+            partner runs)`` in pair order (the partner: the reference, or the bridge; warm-ups
+            excluded); for profiling (``scripts/profile_search.py``). None before the first.
         backend: Compiles the models for ``config.backend`` (its ``exports`` and ``compile_s``
             count the cost); a cache hit compiles nothing.
     """
@@ -262,6 +274,49 @@ class LatencyMeter:
         self.misses = 0
         self.last_times: tuple[list[float], list[float]] | None = None
         self._cache: dict[tuple, tuple[float, LatencyStats]] = {}
+        self.bridge: nn.Module | None = None
+        self.bridge_ratio = 1.0
+        self._bridge_logs: list[float] = []
+        self._since_bridge = 0
+
+    def set_bridge(
+        self,
+        bridge: nn.Module | None,
+        bridge_pairs: int = 40,
+        bridge_every: int = 25,
+        bridge_retime_pairs: int = 10,
+    ) -> None:
+        """Pair later candidates with ``bridge`` instead of the reference (see the class doc).
+
+        Args:
+            bridge: a model of about the candidates' latency; None: back to the reference.
+            bridge_pairs: interleaved pairs (bridge, reference) timed now.
+            bridge_every: measurements after which ``bridge_retime_pairs`` more pairs are timed
+                and pooled with the earlier ones.
+            bridge_retime_pairs: pairs per re-timing.
+        """
+        if bridge_pairs < 2 or bridge_every < 1 or bridge_retime_pairs < 1:
+            raise RlpruneError(
+                "a latency bridge needs bridge_pairs >= 2, bridge_every >= 1 and "
+                "bridge_retime_pairs >= 1"
+            )
+        self.bridge = bridge
+        self.bridge_ratio = 1.0
+        self._bridge_logs = []
+        self._since_bridge = 0
+        self._bridge_every, self._bridge_retime_pairs = bridge_every, bridge_retime_pairs
+        if bridge is not None:
+            self._time_bridge(bridge_pairs)
+
+    def _time_bridge(self, pairs: int) -> None:
+        """Times ``pairs`` more interleaved pairs of the bridge and the reference, pooled."""
+        assert self.bridge is not None
+        bridge_ms, reference_ms = self._interleaved(
+            self.bridge, self.reference, pairs, warmup=1, known=None
+        )
+        self._bridge_logs += [math.log(b / r) for b, r in zip(bridge_ms, reference_ms, strict=True)]
+        self.bridge_ratio = math.exp(statistics.median(self._bridge_logs))
+        self._since_bridge = 0
 
     def relative_latency(self, model: nn.Module, fresh: bool = False) -> tuple[float, LatencyStats]:
         """(candidate / reference latency, candidate stats), timed interleaved.
@@ -272,7 +327,9 @@ class LatencyMeter:
         lie on one side of ``threshold`` (after at least ``config.min_repeats`` pairs, at most
         ``config.repeats``). The reference, timed at every call, gets one warm-up run; the candidate
         ``config.warmup``. ``fresh``: time it even when the architecture was timed before; the
-        new timing replaces the old one (here and in the store).
+        new timing replaces the old one (here and in the store). With a bridge
+        (:meth:`set_bridge`) the candidate is paired with the bridge and its ratio scaled by
+        ``bridge_ratio``; ``last_times`` then holds the bridge's runs as the second list.
         """
         key = shape_signature(model)
         if key in self._cache and not fresh:
@@ -285,41 +342,64 @@ class LatencyMeter:
             return stored
         self.misses += 1
         cfg = self.config
-        with _timing(cfg):
-            x = _batch(self.input_shape, cfg)
-            with eval_mode(model), eval_mode(self.reference):
-                runs = (
-                    _runner(self.backend, model, x, cfg),
-                    _runner(self.backend, self.reference, x, cfg),
-                )
-                for _ in range(cfg.warmup):
-                    runs[0]()
-                runs[1]()
-                times: tuple[list[float], list[float]] = ([], [])
-                for i in range(max(cfg.repeats, 1)):
-                    for j in (0, 1) if i % 2 == 0 else (1, 0):
-                        times[j].append(runs[j]())
-                    if self._known(times, i + 1):
-                        break
+        partner = self.reference if self.bridge is None else self.bridge
+        times = self._interleaved(model, partner, cfg.repeats, cfg.warmup, self._known)
         self.last_times = times
         relative, _ = paired_relative_latency(*times)
-        result = (relative, LatencyStats.from_times(times[0]))
+        result = (relative * self.bridge_ratio, LatencyStats.from_times(times[0]))
         self._cache[key] = result
         if self.store is not None:
             self.store.put(model, *result)
+        if self.bridge is not None:
+            self._since_bridge += 1
+            if self._since_bridge >= self._bridge_every:
+                self._time_bridge(self._bridge_retime_pairs)
         return result
 
+    def _interleaved(
+        self,
+        model: nn.Module,
+        partner: nn.Module,
+        repeats: int,
+        warmup: int,
+        known: Callable[[tuple[list[float], list[float]], int], bool] | None,
+    ) -> tuple[list[float], list[float]]:
+        """Run times (ms) of ``model`` and ``partner`` in interleaved pairs (the order flips every
+        pair), until ``known(times, pairs)`` or ``repeats`` pairs; ``warmup`` untimed runs of
+        ``model`` first and one of ``partner``."""
+        cfg = self.config
+        with _timing(cfg):
+            x = _batch(self.input_shape, cfg)
+            with eval_mode(model), eval_mode(partner):
+                runs = (
+                    _runner(self.backend, model, x, cfg),
+                    _runner(self.backend, partner, x, cfg),
+                )
+                for _ in range(warmup):
+                    runs[0]()
+                runs[1]()
+                times: tuple[list[float], list[float]] = ([], [])
+                for i in range(max(repeats, 1)):
+                    for j in (0, 1) if i % 2 == 0 else (1, 0):
+                        times[j].append(runs[j]())
+                    if known is not None and known(times, i + 1):
+                        break
+        return times
+
     def _known(self, times: tuple[list[float], list[float]], pairs: int) -> bool:
+        """Whether the ratio of ``times`` (candidate, partner) is known well enough: to
+        ``rel_tol``, or to lie on one side of the threshold (in the partner's units: the
+        threshold over ``bridge_ratio``)."""
         cfg = self.config
         if cfg.rel_tol is None or pairs < max(cfg.min_repeats, 2):
             return False
         relative, half_width = paired_relative_latency(*times)
         if half_width <= cfg.rel_tol:
             return True
-        t = self.threshold
-        return t is not None and (
-            relative * (1 + half_width) < t or relative > t * (1 + half_width)
-        )
+        if self.threshold is None:
+            return False
+        t = self.threshold / self.bridge_ratio
+        return relative * (1 + half_width) < t or relative > t * (1 + half_width)
 
 
 def profile_layers(

@@ -3,9 +3,11 @@
 Runs ``scripts/train_agent.py`` with the flags after ``--`` and prints the seconds of each stage
 of every architecture the run evaluated (``ChannelPruningEnv.evaluate_strategy``: pruning, BN
 recalibration, reward-split accuracy, latency timing), of the agent's gradient updates, how many
-interleaved pairs each latency measurement took, and how stable the unpruned reference's latency
-is from one measurement to the next: the reason every measurement times the reference again
-(docs/throughput.md).
+interleaved pairs each latency measurement took, and how stable the partner's latency is from one
+measurement to the next: the reason every measurement times its partner again
+(docs/throughput.md). The partner is the unpruned reference until the env sets its latency bridge
+(``--latency-bridge``, on by default: a model of about the target's latency), the bridge after
+that; ``-- --no-latency-bridge`` profiles the reference alone.
 
     python scripts/profile_search.py -- --episodes 150 --fine-tune-epochs 0 --no-progress
     python scripts/profile_search.py --json prof.json -- --model resnet20 --episodes 40 --warmup 20
@@ -127,7 +129,8 @@ def timing_summary(
     timings: Sequence[tuple[Sequence[float], Sequence[float]]], window: int = 10
 ) -> dict[str, float]:
     """Pairs per measurement and the reference's stability, from ``(candidate runs, reference
-    runs)`` per measurement.
+    runs)`` per measurement (the "reference" is each measurement's partner: the bridge once the
+    env has set one, see the module doc).
 
     ``reference_drift_sd`` / ``reference_drift_median_abs``: over measurements after the first
     ``window``, the natural log of the measurement's reference median over the median of the

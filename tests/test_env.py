@@ -185,12 +185,19 @@ def test_wall_keeps_real_latency_within_target_on_known_durations():
     timing = LatencyConfig(batch_size=1, warmup=1, repeats=12, threads=1)
     env = ChannelPruningEnv(net, data, data, PruningEnvConfig(bn_batches=1, latency=timing))
     full_ms = _expected_ms(net)
+    # Candidates are timed against a bridge near the target (uniform pruning), whose own ratio
+    # to the unpruned net is timed as the durations say.
+    bridge = env.latency.meter.bridge
+    assert bridge is not None and 0.3 < _expected_ms(bridge) / full_ms < 0.7
+    assert env.latency.meter.bridge_ratio == pytest.approx(_expected_ms(bridge) / full_ms, abs=0.15)
     errors = []
     for info in [*_random_episodes(env, 6), _episode(env, [-1.0] * env.num_units)[2][-1]]:
         expected = _expected_ms(env.pruner.apply(info["strategy"])) / full_ms
         assert expected <= 0.5 + 0.2  # the wall let no strategy far over the target through
         errors.append(abs(info["relative_latency"] - expected))
     assert np.median(errors) < 0.15  # and the env measured about what the durations say
+    unbridged = PruningEnvConfig(bn_batches=1, latency=timing, latency_bridge=False)
+    assert ChannelPruningEnv(net, data, data, unbridged).latency.meter.bridge is None
 
 
 def test_accuracy_drops_as_pruning_grows_and_original_is_untouched(trained, mnist5k_splits):

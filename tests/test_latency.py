@@ -132,6 +132,42 @@ def test_meter_stops_once_the_ratio_is_known(exact_clock):
     assert LatencyMeter(Steps(4.0), SHAPE, exact).relative_latency(Steps(2.0))[1].n == 6
 
 
+def test_bridged_meter_times_candidates_against_the_bridge_and_scales_by_its_ratio(exact_clock):
+    cfg = LatencyConfig(warmup=1, repeats=20, min_repeats=5)
+    reference, bridge = Steps(4.0), Steps(2.0)
+    meter = LatencyMeter(reference, SHAPE, cfg)
+    meter.set_bridge(bridge, bridge_pairs=8, bridge_every=2, bridge_retime_pairs=3)
+    assert meter.bridge_ratio == pytest.approx(0.5)
+    calls = reference.calls
+    assert meter.relative_latency(Steps(1.0))[0] == pytest.approx(0.25)  # 1/2 of 2/4
+    assert reference.calls == calls  # the reference is not run for a candidate
+    # The second measurement (fresh: a Steps module has no parameters, so every one has the
+    # same shape signature) is followed by three more pairs of the bridge.
+    meter.relative_latency(Steps(3.0), fresh=True)
+    assert reference.calls == calls + 1 + 3  # one warm-up, three pairs
+    # The threshold is read in the bridge's units: pair ratios 0.25, 0.5, 0.75 to the bridge
+    # (0.125-0.375 of the reference) are known to lie under 0.6 of the reference (1.2 of the
+    # bridge) after five pairs; read as 0.6 of the bridge they would take all twenty.
+    meter = LatencyMeter(reference, SHAPE, cfg, threshold=0.6)
+    meter.set_bridge(bridge, bridge_pairs=8)
+    ratio, stats = meter.relative_latency(Steps(0.5, 1.0, 1.5))
+    assert stats.n == 5 and ratio == pytest.approx(0.25)
+    meter.set_bridge(None)  # back to the reference
+    assert meter.bridge_ratio == 1.0
+    assert meter.relative_latency(Steps(2.0), fresh=True)[0] == pytest.approx(0.5)
+    with pytest.raises(RlpruneError, match="bridge_pairs >= 2"):
+        meter.set_bridge(bridge, bridge_pairs=1)
+
+
+def test_bridged_meter_ratio_of_known_durations():
+    def ratio() -> float:
+        meter = LatencyMeter(Wait(1.0), SHAPE, LatencyConfig(warmup=1, repeats=20))
+        meter.set_bridge(Wait(0.5), bridge_pairs=10)
+        return meter.relative_latency(Wait(0.25))[0]
+
+    assert sorted(ratio() for _ in range(3))[1] == pytest.approx(0.25, abs=0.05)
+
+
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
