@@ -450,12 +450,21 @@ class ChannelPruningEnv(gym.Env):
         """Estimated relative cost the target constrains (latency or MACs) for ``keep``."""
         return self.cost.estimate(keep)
 
-    def _bridge_model(self) -> nn.Module:
-        """Uniform pruning at the least pruning ratio whose latency estimate meets the target
-        (the maximum pruning ratio if none does): about a candidate's latency."""
-        ratio = self.latency_cost.uniform_ratio(
-            self._uniform_keep, self.config.target, self.config.max_pruning_ratio
-        )
+    def _bridge_model(self, tolerance: float = 0.15, steps: int = 6) -> nn.Module:
+        """Uniform pruning whose measured latency is within ``tolerance`` of the target: about a
+        candidate's latency. Starts at the ratio the latency estimate puts at the target (timed
+        already by the calibration), then bisects on measured latency for at most ``steps``
+        timings, should the estimate be off (a per-layer profile taken under load)."""
+        lo, hi = 0.0, self.config.max_pruning_ratio
+        ratio = self.latency_cost.uniform_ratio(self._uniform_keep, self.config.target, hi)
+        target = self.config.target
+        for _ in range(steps):
+            strategy = {u.name: ratio for u in self.units}
+            measured = self.evaluate_strategy(strategy, with_accuracy=False)["relative_latency"]
+            if abs(measured / target - 1.0) <= tolerance:
+                break
+            lo, hi = (ratio, hi) if measured > target else (lo, ratio)
+            ratio = 0.5 * (lo + hi)
         return self.pruner.prune_to(self.pruner.kept_channels({u.name: ratio for u in self.units}))
 
     def _uniform_keep(self, pruning_ratio: float) -> list[float]:
