@@ -75,6 +75,9 @@ class SearchConfig:
         warmup_mode: how those episodes explore: ``"actions"`` (AMC's uniform random actions,
             unit by unit) or ``"strategies"`` (whole strategies at the target, drawn as
             EagleEye's sampled search draws them); see :class:`agents.ddpg.AgentConfig`.
+        noise_sigma: the agent's exploration sigma after the warm-up, in pruning-ratio units
+            (AMC's 0.5; 0.15 with a short warm-up searches near the anchor rule, see
+            :class:`agents.ddpg.AgentConfig`).
         seed: the search seed: agent, exploration, base-model training and fine-tunes.
         select_top_k: the final choice re-scores this many of the search's best (1: off).
         select_steps: fine-tune steps of that re-scoring.
@@ -85,6 +88,7 @@ class SearchConfig:
     episodes: int = 300
     warmup: int = AgentConfig.warmup_episodes
     warmup_mode: str = AgentConfig.warmup_mode
+    noise_sigma: float = AgentConfig.noise_sigma
     seed: int = AgentConfig.seed
     select_top_k: int = SelectionConfig.top_k
     select_steps: int = SelectionConfig.fine_tune_steps
@@ -193,7 +197,14 @@ def _flat_names() -> dict[str, tuple[str, ...]]:
     flat.update(
         {
             name: ("env", name)
-            for name in (*env, "bn_batches", "reconstruct", "features", "latency_bridge")
+            for name in (
+                *env,
+                "bn_batches",
+                "reconstruct",
+                "features",
+                "latency_bridge",
+                "exact_budget",
+            )
         }
     )
     latency = {"latency_batch_size": "batch_size", "latency_repeats": "repeats"}

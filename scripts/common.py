@@ -185,6 +185,13 @@ def add_env_args(p: argparse.ArgumentParser) -> None:
         help="refit input-pruned layers by AMC's least squares before BN recalibration",
     )
     g.add_argument(
+        "--exact-budget",
+        action="store_true",
+        help="rescale every episode's strategy onto the measured latency budget before it is "
+        "scored, as the rules are bisected (about 10 more timings per episode; the agent picks "
+        "the shape, the measurement the size)",
+    )
+    g.add_argument(
         "--features",
         default=None,
         help="comma-separated observation features (default: all of envs.features.ALL_FEATURES; "

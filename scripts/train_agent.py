@@ -75,6 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how the warm-up explores: 'actions' (AMC: uniform random actions, unit by unit) or "
         "'strategies' (whole random strategies projected onto the target, as EagleEye samples)",
     )
+    g.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=default("noise_sigma"),
+        help="exploration sigma after the warm-up, in pruning-ratio units (AMC: 0.5); it decays "
+        "to 0.05 (or to itself, if smaller) by the last episode. With relative actions, "
+        "--warmup 10 --noise-sigma 0.15 --exact-budget searches near the anchor rule "
+        "(docs/benchmarks.md)",
+    )
     common.add_selection_args(g)
     g.add_argument(
         "--resume",
@@ -129,6 +138,8 @@ def check_search_settings(settings: dict) -> None:
             f"--warmup must be in [0, --episodes), got {settings['warmup']} for "
             f"{settings['episodes']} episodes: the agent would never act on what it learned"
         )
+    if not settings.get("noise_sigma", 1.0) > 0:
+        raise RlpruneError(f"--noise-sigma must be > 0, got {settings['noise_sigma']}")
     if settings.get("envs", 1) > 1 and "," in settings["model"]:
         raise RlpruneError(
             f"--envs {settings['envs']} runs copies of one network's env, but --model names "
@@ -176,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     agent_cfg = AgentConfig(
         warmup_episodes=settings["warmup"],
         warmup_mode=settings["warmup_mode"],
+        noise_sigma=settings["noise_sigma"],
+        noise_final=min(AgentConfig.noise_final, settings["noise_sigma"]),
         seed=settings["seed"],
         episodes=settings["episodes"],
     )

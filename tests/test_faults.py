@@ -256,6 +256,7 @@ EARLY = [  # rejected before any data or model is loaded
     ("--target", "1.5", "--target must be a fraction"),
     ("--min-pruning-ratio", "0.9", "min_pruning_ratio < max_pruning_ratio"),
     ("--bn-batches", "0", "--bn-batches must be >= 1"),
+    ("--noise-sigma", "0", "--noise-sigma must be > 0"),
 ]
 
 
