@@ -1,6 +1,7 @@
 """Whole-strategy searches: projection onto the target, EagleEye sampling and Optuna TPE."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,30 @@ def test_exact_budget_env_rescales_each_episode_onto_the_measured_budget(model, 
     assert abs(finals[False]["relative_latency"] - limit) > limit - measured
     ratios = [exact["strategy"][u.name] for u in env.units]
     assert ratios == sorted(ratios)  # the proposed shape survives the rescaling
+
+
+def test_exact_budget_bisection_counts_as_latency_time(model, digits_splits):
+    """The episode's rescaling times ~10 candidates before the episode is evaluated; the step
+    reports that time in its latency stage (throughput tables read it from there)."""
+
+    class SlowCurve(CurveLatency):
+        calls = 0
+
+        def relative_latency(self, model, fresh=False):
+            type(self).calls += 1
+            time.sleep(0.02)
+            return super().relative_latency(model, fresh)
+
+    cfg = PruningEnvConfig(target=0.5, bn_batches=1, actions="absolute", exact_budget=True)
+    latency = SlowCurve(model, math.sqrt)
+    env = ChannelPruningEnv(
+        model, digits_splits.train, digits_splits.reward_val, cfg, latency=latency
+    )
+    env.reset()
+    for a in np.linspace(-0.9, 0.9, env.num_units)[:-1]:
+        env.step(np.array([a], dtype=np.float32))
+    before = SlowCurve.calls
+    info = env.step(np.array([0.9], dtype=np.float32))[-1]
+    calls = SlowCurve.calls - before
+    assert calls >= 5  # the bisection, then the evaluation
+    assert info["time_latency_s"] >= 0.02 * calls
