@@ -108,7 +108,16 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
 SEARCHES = tuple(m for m in METHODS if m not in RULES)
-DEFAULT_METHODS = ("uniform", "global", "sampled", "tpe", "agent", "agent_relative")
+DEFAULT_METHODS = (
+    "uniform",
+    "global",
+    "sampled",
+    "tpe",
+    "tpe_exact",
+    "agent",
+    "agent_relative",
+    "agent_local_exact",
+)
 
 
 @dataclass(frozen=True)
