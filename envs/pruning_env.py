@@ -107,11 +107,12 @@ class PruningEnvConfig:
             the rules' budget (the target + the reward's tolerance) whatever the estimate's
             error. About 10 more timings per episode.
         latency_bridge: once the latency estimate is calibrated, pair every timed candidate
-            with a model of about the target's latency (uniform pruning at the target by the
-            estimate) instead of the unpruned reference, and scale by the bridge's own ratio to
-            the reference, timed interleaved and pooled over the search
-            (:meth:`envs.latency.LatencyMeter.set_bridge`). At a 0.5 target the reference is two
-            thirds of every pair's time; same meaning of the numbers, a faster search.
+            with a model of about the target's latency (uniform pruning bisected on measured
+            latency to within 15% of the target) instead of the unpruned reference, and scale
+            by the bridge's own ratio to the reference, timed interleaved and pooled over the
+            search (:meth:`envs.latency.LatencyMeter.set_bridge`). At a 0.5 target the
+            reference is two thirds of every pair's time; same meaning of the numbers, a faster
+            search (docs/throughput.md).
         features: Names of the observation features (:data:`envs.features.ALL_FEATURES`), in
             order; the default is every feature of the current version. A subset is for
             ablations; an agent only acts in envs that observe the features it was trained on.
