@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,11 @@ class AgentConfig:
                 f"noise_final must be in (0, noise_sigma={self.noise_sigma}], "
                 f"got {self.noise_final}"
             )
+
+    def with_sigma(self, sigma: float) -> AgentConfig:
+        """This configuration exploring with ``sigma`` after the warm-up; the final sigma is
+        kept unless it would exceed ``sigma``."""
+        return replace(self, noise_sigma=sigma, noise_final=min(self.noise_final, sigma))
 
     @property
     def decay(self) -> float:

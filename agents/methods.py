@@ -105,8 +105,7 @@ def agent_search(
         if settings.warmup_mode is not None:
             config = replace(config, warmup_mode=settings.warmup_mode)
         if settings.noise_sigma is not None:
-            final = min(config.noise_final, settings.noise_sigma)
-            config = replace(config, noise_sigma=settings.noise_sigma, noise_final=final)
+            config = config.with_sigma(settings.noise_sigma)
         agent = make_agent(env, config, num_units=env.num_units)
     with tempfile.TemporaryDirectory(prefix="rlprune-search-") as tmp:
         run_dir = settings.run_dir or Path(tmp)

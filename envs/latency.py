@@ -218,6 +218,11 @@ def paired_relative_latency(
     return math.exp(center), math.expm1(_Z95 * se)
 
 
+#: :meth:`LatencyMeter.set_bridge`'s defaults: pairs timed when a bridge is set, measurements
+#: between re-timings, pairs per re-timing.
+BRIDGE_PAIRS, BRIDGE_EVERY, BRIDGE_RETIME_PAIRS = 40, 25, 10
+
+
 class LatencyMeter:
     """Relative latency of candidates to a fixed reference model, cached by shape signature.
 
@@ -278,13 +283,14 @@ class LatencyMeter:
         self.bridge_ratio = 1.0
         self._bridge_logs: list[float] = []
         self._since_bridge = 0
+        self._bridge_every, self._bridge_retime_pairs = BRIDGE_EVERY, BRIDGE_RETIME_PAIRS
 
     def set_bridge(
         self,
         bridge: nn.Module | None,
-        bridge_pairs: int = 40,
-        bridge_every: int = 25,
-        bridge_retime_pairs: int = 10,
+        bridge_pairs: int = BRIDGE_PAIRS,
+        bridge_every: int = BRIDGE_EVERY,
+        bridge_retime_pairs: int = BRIDGE_RETIME_PAIRS,
     ) -> None:
         """Pair later candidates with ``bridge`` instead of the reference (see the class doc).
 

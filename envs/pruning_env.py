@@ -399,14 +399,14 @@ class ChannelPruningEnv(gym.Env):
         shares = zip(self.units, self.unit_latency_shares, strict=True)
         self.latency_share_by_unit = {u.name: float(s) for u, s in shares}
 
-        max_strategy = {u.name: self.config.max_pruning_ratio for u in self.units}
+        max_strategy = self._uniform(self.config.max_pruning_ratio)
         self.max_pruned = self.evaluate_strategy(max_strategy, with_accuracy=False)
         self.check_target(self.config.target)
         self.latency_cost.observe(self.pruner.keep_fractions(max_strategy), self.max_pruned)
         self.latency_cost.refit_at_target(
             self._uniform_keep,
             lambda pruning_ratio: self.evaluate_strategy(
-                {u.name: pruning_ratio for u in self.units}, with_accuracy=False
+                self._uniform(pruning_ratio), with_accuracy=False
             )["relative_latency"],
             self.config.target,
             self.config.max_pruning_ratio,
@@ -460,16 +460,19 @@ class ChannelPruningEnv(gym.Env):
         ratio = self.latency_cost.uniform_ratio(self._uniform_keep, self.config.target, hi)
         target = self.config.target
         for _ in range(steps):
-            strategy = {u.name: ratio for u in self.units}
-            measured = self.evaluate_strategy(strategy, with_accuracy=False)["relative_latency"]
-            if abs(measured / target - 1.0) <= tolerance:
+            measured = self.evaluate_strategy(self._uniform(ratio), with_accuracy=False)
+            if abs(measured["relative_latency"] / target - 1.0) <= tolerance:
                 break
-            lo, hi = (ratio, hi) if measured > target else (lo, ratio)
+            lo, hi = (ratio, hi) if measured["relative_latency"] > target else (lo, ratio)
             ratio = 0.5 * (lo + hi)
-        return self.pruner.prune_to(self.pruner.kept_channels({u.name: ratio for u in self.units}))
+        return self.pruner.prune_to(self.pruner.kept_channels(self._uniform(ratio)))
+
+    def _uniform(self, pruning_ratio: float) -> dict[str, float]:
+        """Every unit at ``pruning_ratio``."""
+        return {u.name: pruning_ratio for u in self.units}
 
     def _uniform_keep(self, pruning_ratio: float) -> list[float]:
-        return self.pruner.keep_fractions({u.name: pruning_ratio for u in self.units})
+        return self.pruner.keep_fractions(self._uniform(pruning_ratio))
 
     def check_target(self, target: float) -> None:
         """Raise :class:`BudgetError` if ``target`` is outside (0, 1) or below maximal pruning."""
@@ -619,15 +622,14 @@ class ChannelPruningEnv(gym.Env):
             return self._observation(), 0.0, False, False, info
 
         strategy = {u.name: r for u, r in zip(self.units, self._pruning_ratios, strict=True)}
-        bisect_s = 0.0
+        t0 = time.perf_counter()
         if self.config.exact_budget:
-            t0 = time.perf_counter()
             strategy = self.budget_exact(strategy)
-            bisect_s = time.perf_counter() - t0
             self._keep = self.pruner.keep_fractions(strategy)
+        bisect_s = time.perf_counter() - t0
         result = self.evaluate_strategy(strategy)
         # The exact budget's bisection (pruning and timing ~10 candidates) is latency work.
-        result["time_latency_s"] = result["time_latency_s"] + bisect_s
+        result["time_latency_s"] += bisect_s
         self.cost.observe(self._keep, result)
         info.update(result, model=self.model_name, latency_share_by_unit=self.latency_share_by_unit)
         obs = np.zeros(len(self.feature_names), dtype=np.float32)

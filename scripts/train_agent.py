@@ -187,11 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     agent_cfg = AgentConfig(
         warmup_episodes=settings["warmup"],
         warmup_mode=settings["warmup_mode"],
-        noise_sigma=settings["noise_sigma"],
-        noise_final=min(AgentConfig.noise_final, settings["noise_sigma"]),
         seed=settings["seed"],
         episodes=settings["episodes"],
-    )
+    ).with_sigma(settings["noise_sigma"])
     state = read_search_state(run_dir) if args.resume else None
     search_env = parallel_env(env, settings)
     try:
