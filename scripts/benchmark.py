@@ -24,8 +24,9 @@ latency in every env, so a rule lands on the same strategy in all of them (delet
 afresh, e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with
 the same recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform
 rule) takes that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it
-came from (``fine_tune_reused_from``). Writes ``results.md`` (tables), ``results.json`` and PNG
-plots into ``--output-dir``.
+came from (``fine_tune_reused_from``). A cached cell of a seed that a larger ``--fine-tune-seeds``
+adds is fine-tuned from its cached strategy; its search is not repeated. Writes ``results.md``
+(tables), ``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
@@ -254,7 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fine-tune-seeds",
         type=int,
         default=None,
-        help="fine-tune only the first N seeds of each method (default: all)",
+        help="fine-tune only the first N seeds of each method (default: all); a cached cell "
+        "of a seed that a larger N adds is fine-tuned without repeating its search",
     )
     p.add_argument(
         "--cifar10", default="auto", help="CIFAR-10 source: auto, cifar10 or imagefolder:DIR"
@@ -374,6 +376,33 @@ def make_env(
     )
 
 
+def method_env(
+    method: str,
+    model: nn.Module,
+    splits: DataSplits,
+    target: float,
+    args: argparse.Namespace,
+    out: Path,
+    task_name: str,
+) -> ChannelPruningEnv:
+    """:func:`make_env` with the settings of ``method`` (its variant's cost, actions and budget)
+    and the latency store of the benchmark in ``out``."""
+    variant = AGENT_VARIANTS.get(method, {})
+    return make_env(
+        model,
+        splits,
+        target,
+        variant.get("cost", "latency"),
+        latency_config(args),
+        args.reconstruct,
+        args.round_to,
+        variant.get("actions", "absolute"),
+        out / "latency",
+        task_name,
+        variant.get("exact_budget", False),
+    )
+
+
 def search_strategy(
     method: str,
     model: nn.Module,
@@ -391,19 +420,7 @@ def search_strategy(
     every cell of the task (see :func:`make_env`).
     """
     variant = AGENT_VARIANTS.get(method, {})
-    env = make_env(
-        model,
-        splits,
-        target,
-        variant.get("cost", "latency"),
-        latency_config(args),
-        args.reconstruct,
-        args.round_to,
-        variant.get("actions", "absolute"),
-        run_dir.parent.parent / "latency",
-        task_name,
-        variant.get("exact_budget", False),
-    )
+    env = method_env(method, model, splits, target, args, run_dir.parent.parent, task_name)
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell's partial run
     warmup = variant.get("warmup", args.warmup)
     settings = SearchSettings(
@@ -473,6 +490,32 @@ def fine_tune_record(
     return out / "fine_tuned" / f"{task}{runtime}_{digest}.json"
 
 
+def score_cell(
+    key: str,
+    strategy: Mapping[str, float],
+    env: ChannelPruningEnv,
+    splits: DataSplits,
+    fine: FineTuneConfig,
+    record: Path | None,
+    cell: Path,
+) -> tuple[ModelRow, dict[str, float], dict[str, Any] | None]:
+    """Score ``strategy`` (:func:`cell_scores`) with the fine-tune ``fine`` when ``record`` names
+    one (None: no fine-tune), taking the fine-tuned accuracy from ``record`` when another cell
+    already fine-tuned this architecture with this recipe, else writing it there. Also returns
+    the record reused (None when the fine-tune ran or none was asked for)."""
+    reused = json.loads(record.read_text()) if record and record.is_file() else None
+    scored = score_strategy(
+        key, strategy, env, splits, fine if record and not reused else None, reward_acc=True
+    )
+    accs = cell_scores(scored, env)
+    if reused:
+        accs["test_acc_ft"] = reused["test_acc_ft"]
+    elif record:
+        done = {"test_acc_ft": accs["test_acc_ft"], "cell": cell.name}
+        write_text_atomic(record, json.dumps(done))
+    return scored, accs, reused
+
+
 def relative_latencies_together(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],
@@ -529,8 +572,25 @@ def run_task_target(
                         model, torch.zeros(1, *splits.input_shape), round_to=args.round_to
                     )
                 models[key] = pruner.apply(row["strategy"])
+                note = "cached"
+                if seed in ft_seeds and args.fine_tune_epochs and "test_acc_ft" not in row:
+                    # A seed newly among --fine-tune-seeds: fine-tune its strategy, keep the search.
+                    env = method_env(method, model, splits, target, args, out, task_name)
+                    fine = FineTuneConfig(
+                        args.fine_tune_epochs, seed=seed, augment=augment, progress=progress
+                    )
+                    record = fine_tune_record(
+                        out, task_name, runtime, env.pruner.kept_channels(row["strategy"]), fine
+                    )
+                    _, accs, reused = score_cell(
+                        key, row["strategy"], env, splits, fine, record, cell
+                    )
+                    row["test_acc_ft"] = accs["test_acc_ft"]
+                    row["fine_tune_reused_from"] = reused["cell"] if reused else None
+                    write_text_atomic(cell, json.dumps(row, default=float))
+                    note = f"cached search, fine-tuned {row['test_acc_ft']:.4f}"
                 rows.append({**row, "key": key})
-                print(f"  {task_name} t={target} {method} s{seed}: cached", flush=True)
+                print(f"  {task_name} t={target} {method} s{seed}: {note}", flush=True)
                 continue
             if found is None or not deterministic:  # rules: one strategy, fine-tuned per seed
                 run_dir = out / "runs" / f"{name}_s{seed}"
@@ -542,17 +602,10 @@ def run_task_target(
             fine = FineTuneConfig(epochs, seed=seed, augment=augment, progress=progress)
             kept = found["env"].pruner.kept_channels(found["strategy"])
             record = fine_tune_record(out, task_name, runtime, kept, fine) if epochs else None
-            reused = json.loads(record.read_text()) if record and record.is_file() else None
-            scored = score_strategy(
-                key, found["strategy"], found["env"], splits, None if reused else fine,
-                reward_acc=True,
-            )  # fmt: skip
-            models[key], accs = scored.model, cell_scores(scored, found["env"])
-            if reused:
-                accs["test_acc_ft"] = reused["test_acc_ft"]
-            elif record:
-                done = {"test_acc_ft": accs["test_acc_ft"], "cell": cell.name}
-                write_text_atomic(record, json.dumps(done))
+            scored, accs, reused = score_cell(
+                key, found["strategy"], found["env"], splits, fine, record, cell
+            )
+            models[key] = scored.model
             # The env's own relative latency: timed interleaved run by run with the original
             # (cached by shape, so free for latency searches); robust where best-of-passes is not.
             env_result = found["env"].evaluate_strategy(found["strategy"], with_accuracy=False)

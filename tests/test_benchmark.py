@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,52 @@ def test_a_fine_tune_of_the_same_architecture_is_reused(tmp_path):
         record(out, "tiny", "", {"a": 8, "b": 8}, FineTuneConfig(1, seed=0)),
     ]
     assert len({base, *others}) == 6
+
+
+def test_a_cached_seed_newly_among_fine_tune_seeds_is_fine_tuned_without_a_new_search(tmp_path):
+    """Seeds 0-1 with --fine-tune-seeds 1, then --fine-tune-seeds 2: seed 1's cells get the
+    fine-tune that a cell run afresh with --fine-tune-seeds 2 gets (a copy of the output directory
+    with that cell deleted: its latency store lands the rule on the same strategy), and its search
+    is not repeated."""
+    flags = (
+        "--tasks", "tiny", "--targets", "0.8", "--seeds", "0,1", "--methods", "uniform,random",
+        "--episodes", "3", "--warmup", "1", "--select-top-k", "2", "--select-steps", "2",
+        "--fine-tune-epochs", "1", "--latency-repeats", "3", "--latency-passes", "1",
+        "--no-progress",
+    )  # fmt: skip
+    out, fresh = tmp_path / "bench", tmp_path / "fresh"
+    first = _run(*flags, "--fine-tune-seeds", "1", "--output-dir", str(out), cache=tmp_path / "c")
+    assert first.returncode == 0, first.stderr[-2000:]
+    cells = {c.name: json.loads(c.read_text()) for c in (out / "cells").iterdir()}
+    assert sorted("test_acc_ft" in c for c in cells.values()) == [False, False, True, True]
+    shutil.copytree(out, fresh)
+    uniform = "tiny_t0.8_uniform_s1.json"
+    (fresh / "cells" / uniform).unlink()
+    again = _run(*flags, "--fine-tune-seeds", "2", "--output-dir", str(out), cache=tmp_path / "c")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("cached search, fine-tuned") == 2
+    assert again.stdout.count(": cached\n") == 2  # seed 0: nothing to add
+    full = _run(*flags, "--fine-tune-seeds", "2", "--output-dir", str(fresh), cache=tmp_path / "c")
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert "uniform s1: reward acc" in full.stdout  # scored afresh
+    # the same fine-tunes (architecture, recipe, seed) were run and recorded in both
+    assert {f.name for f in (out / "fine_tuned").iterdir()} == {
+        f.name for f in (fresh / "fine_tuned").iterdir()
+    }
+    assert (
+        json.loads((fresh / "cells" / uniform).read_text())["strategy"]
+        == cells[uniform]["strategy"]
+    )
+    uniform = "tiny_t0.8_uniform_s1.json"
+    after = json.loads((out / "cells" / uniform).read_text())
+    assert (
+        after["test_acc_ft"] == json.loads((fresh / "cells" / uniform).read_text())["test_acc_ft"]
+    )
+    (searched,) = [n for n in cells if "_random_" in n and n.endswith("_s1.json")]
+    after = json.loads((out / "cells" / searched).read_text())
+    assert after["history"] == cells[searched]["history"]  # the search was kept, not re-run
+    assert after["strategy"] == cells[searched]["strategy"]
+    assert 0.0 <= after["test_acc_ft"] <= 1.0 and after["test_acc"] == cells[searched]["test_acc"]
 
 
 def test_reward_samples_hold_the_rest_of_the_reward_split_out_for_the_selection(tmp_path):
