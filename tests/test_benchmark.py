@@ -226,7 +226,6 @@ def test_a_cached_seed_newly_among_fine_tune_seeds_is_fine_tuned_without_a_new_s
         json.loads((fresh / "cells" / uniform).read_text())["strategy"]
         == cells[uniform]["strategy"]
     )
-    uniform = "tiny_t0.8_uniform_s1.json"
     after = json.loads((out / "cells" / uniform).read_text())
     assert (
         after["test_acc_ft"] == json.loads((fresh / "cells" / uniform).read_text())["test_acc_ft"]
