@@ -5,7 +5,9 @@ losses use timesteps):
 
 * ``episode/reward``, ``episode/accuracy``, ``episode/latency_ms``, ``episode/relative_latency``,
   ``episode/relative_macs``, ``episode/relative_params``, ``episode/best_reward``,
-  ``episode/seconds``;
+  ``episode/seconds``, ``episode/revisit`` (1: the episode's architecture had been evaluated
+  before), ``episode/noise_sigma`` (the exploration sigma the episode was played with, in
+  pruning-ratio units; with the agent's truncated-normal noise);
 * ``strategy/<unit name>``: the pruning ratio each unit got in each episode;
 * ``best/strategy`` (figure: pruning ratio per unit with its latency share),
   ``best/strategy_table`` (text), ``policy/heatmap`` (figure: pruning ratio per unit over
@@ -27,6 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
 
 from agents.checkpoint import drop_partial_episode, write_checkpoint
+from agents.ddpg import DecayingTruncatedNormalNoise
 from envs.baselines import episode_record
 from models.renamed import check_current_names
 
@@ -258,7 +261,11 @@ class SearchCallback(BaseCallback):
         scalars |= {k: info[k] for k in ("relative_macs", "relative_params")}
         scalars |= {"best_reward": self.best_reward(model), "seconds": seconds}
         if self.writer is not None:
-            for key, value in scalars.items():
+            logged = {**scalars, "revisit": float(info["cached"])}
+            noise = getattr(self.model.action_noise, "base_noise", self.model.action_noise)
+            if isinstance(noise, DecayingTruncatedNormalNoise):
+                logged["noise_sigma"] = noise.current_sigma / 2.0  # [-1, 1] units to ratio units
+            for key, value in logged.items():
                 self.writer.add_scalar(f"episode/{key}", value, self.episode)
             for unit, pruning_ratio in info["strategy"].items():
                 self.writer.add_scalar(f"strategy/{unit}", pruning_ratio, self.episode)

@@ -78,6 +78,9 @@ class SearchConfig:
         noise_sigma: the agent's exploration sigma after the warm-up, in pruning-ratio units
             (AMC's 0.5; 0.15 with a short warm-up searches near the anchor rule, see
             :class:`agents.ddpg.AgentConfig`).
+        revisit_boost: multiply that sigma by this after each episode that re-visits an
+            architecture already evaluated, divide by it after each new one (1: off, AMC); see
+            :class:`agents.ddpg.AgentConfig`.
         seed: the search seed: agent, exploration, base-model training and fine-tunes.
         select_top_k: the final choice re-scores this many of the search's best (1: off).
         select_steps: fine-tune steps of that re-scoring.
@@ -89,6 +92,7 @@ class SearchConfig:
     warmup: int = AgentConfig.warmup_episodes
     warmup_mode: str = AgentConfig.warmup_mode
     noise_sigma: float = AgentConfig.noise_sigma
+    revisit_boost: float = AgentConfig.revisit_boost
     seed: int = AgentConfig.seed
     select_top_k: int = SelectionConfig.top_k
     select_steps: int = SelectionConfig.fine_tune_steps

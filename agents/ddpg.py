@@ -76,6 +76,12 @@ class AgentConfig:
             (sigma falls geometrically to ``noise_final`` at episode ``episodes``), or AMC's 0.95
             when ``episodes`` is None.
         noise_final: sigma at the last episode of the budget (with ``noise_decay=None``).
+        revisit_boost: after the warm-up, sigma is multiplied by this for every episode whose
+            architecture the env had already evaluated (a cache hit: the episode bought no new
+            information) and divided by it for every new one, never below the schedule and never
+            above :data:`MAX_BOOSTED_SIGMA` (or ``noise_sigma``, if larger); 1 is off (AMC). A
+            policy that has collapsed onto one architecture widens its search instead of
+            re-evaluating it for the rest of the budget.
         episodes: the search's episode budget, warm-up included (None: unknown).
         gamma: discount (irrelevant with ``episode_reward``: every transition is terminal).
         episode_reward: credit the final reward to every transition of the episode (AMC).
@@ -95,6 +101,7 @@ class AgentConfig:
     noise_sigma: float = 0.5
     noise_decay: float | None = None
     noise_final: float = 0.05
+    revisit_boost: float = 1.0
     episodes: int | None = None
     gamma: float = 1.0
     episode_reward: bool = True
@@ -109,6 +116,8 @@ class AgentConfig:
             )
         if self.episodes is not None and self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.revisit_boost < 1:
+            raise ValueError(f"revisit_boost must be >= 1 (1: off), got {self.revisit_boost}")
         if not 0 < self.noise_final <= self.noise_sigma:
             raise ValueError(
                 f"noise_final must be in (0, noise_sigma={self.noise_sigma}], "
@@ -133,6 +142,9 @@ class AgentConfig:
 
 
 AMC_NOISE_DECAY = 0.95
+#: The largest sigma (pruning-ratio units) a revisit boost raises exploration to: AMC's initial
+#: sigma, half the action range.
+MAX_BOOSTED_SIGMA = 0.5
 
 
 def budget_noise_decay(sigma: float, final: float, exploit_episodes: int) -> float:
@@ -197,22 +209,53 @@ class EpisodeRewardBuffer(ReplayBuffer):
 class DecayingTruncatedNormalNoise(ActionNoise):
     """AMC's exploration: truncated normal around the actor output, sigma decaying per episode.
 
-    ``sigma_t = sigma * decay ** max(0, episode - warmup_episodes)``; sigma is given in
-    pruning-ratio units (AMC's action range is 1) and doubled for SB3's [-1, 1] actions.
+    ``sigma_t = sigma * decay ** max(0, episode - warmup_episodes) * boost``; sigma is given in
+    pruning-ratio units (AMC's action range is 1) and doubled for SB3's [-1, 1] actions. ``boost``
+    is 1 unless ``revisit_boost`` > 1: then :meth:`observe` multiplies it by ``revisit_boost``
+    after each exploitation episode that re-visited an evaluated architecture and divides it by
+    ``revisit_boost`` (not below 1) after each new one; the boosted sigma is capped at
+    :data:`MAX_BOOSTED_SIGMA` (or ``sigma``, if larger).
     """
 
     def __init__(
-        self, sigma: float, decay: float, warmup_episodes: int, seed: int | None = None
+        self,
+        sigma: float,
+        decay: float,
+        warmup_episodes: int,
+        seed: int | None = None,
+        revisit_boost: float = 1.0,
     ) -> None:
         super().__init__()
         self.sigma, self.decay, self.warmup_episodes = sigma, decay, warmup_episodes
+        self.revisit_boost, self.boost = revisit_boost, 1.0
         self.episode = 0
         self.rng = np.random.default_rng(seed)
 
     @property
+    def scheduled_sigma(self) -> float:
+        """Sigma of the current episode by the schedule alone, in pruning-ratio units."""
+        return self.sigma * self.decay ** max(0, self.episode - self.warmup_episodes)
+
+    @property
     def current_sigma(self) -> float:
         """Sigma of the current episode, in [-1, 1] action units."""
-        return 2.0 * self.sigma * self.decay ** max(0, self.episode - self.warmup_episodes)
+        boost = getattr(self, "boost", 1.0)  # noises pickled before the boost existed: 1
+        return 2.0 * self.scheduled_sigma * boost
+
+    def observe(self, revisited: bool) -> None:
+        """The current episode ended; ``revisited``: its architecture had been evaluated before.
+
+        Moves the boost (see the class docstring) after exploitation episodes; a no-op with
+        ``revisit_boost`` 1 and during the warm-up.
+        """
+        factor = getattr(self, "revisit_boost", 1.0)
+        if factor == 1.0 or self.episode < self.warmup_episodes:
+            return
+        if revisited:  # the schedule only falls: capped now, the boosted sigma stays capped
+            cap = max(MAX_BOOSTED_SIGMA, self.sigma) / self.scheduled_sigma
+            self.boost = max(min(self.boost * factor, cap), 1.0)
+        else:
+            self.boost = max(self.boost / factor, 1.0)
 
     def sample_around(self, mean: np.ndarray) -> np.ndarray:
         """A sample of the truncated normal on [-1, 1] centred at ``mean``."""
@@ -364,6 +407,25 @@ class AMCDDPG(DDPG):
         """
         return self.action_mode == "relative" and self.num_timesteps < self.uniform_first_steps
 
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: Any,
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """SB3's, after telling the exploration noise which ended episodes re-visited an
+        architecture (``info["cached"]``; see :class:`DecayingTruncatedNormalNoise`)."""
+        noise = self.action_noise
+        noise = noise.base_noise if isinstance(noise, SharedNoise) else noise
+        if isinstance(noise, DecayingTruncatedNormalNoise):
+            for done, info in zip(dones, infos, strict=True):
+                if done and "cached" in info:
+                    noise.observe(bool(info["cached"]))
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
     def _random_action(self, noise: ActionNoise | None) -> np.ndarray:
         """One warm-up action as SB3 draws it: uniform, plus the noise, clipped (scaled units)."""
         scaled = self.policy.scale_action(self.action_space.sample())
@@ -381,7 +443,11 @@ def make_agent(
     """
     n_envs = env.num_envs if isinstance(env, VecEnv) else 1
     noise: ActionNoise = DecayingTruncatedNormalNoise(
-        config.noise_sigma, config.decay, config.warmup_episodes, seed=config.seed
+        config.noise_sigma,
+        config.decay,
+        config.warmup_episodes,
+        seed=config.seed,
+        revisit_boost=config.revisit_boost,
     )
     if n_envs > 1:
         noise = SharedNoise(noise, n_envs)

@@ -46,6 +46,8 @@ class SearchSettings:
             its last episode's sigma is at most this.
         warmup_mode: how the agent's warm-up explores (None: ``AgentConfig``'s; see
             :data:`agents.ddpg.WARMUP_MODES`).
+        revisit_boost: the agent's sigma multiplier per re-visited architecture (None:
+            ``AgentConfig``'s, off; see :class:`agents.ddpg.AgentConfig`).
     """
 
     episodes: int
@@ -55,12 +57,15 @@ class SearchSettings:
     progress: bool = False
     noise_sigma: float | None = None
     warmup_mode: str | None = None
+    revisit_boost: float | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise RlpruneError(f"a search needs at least 1 episode, got {self.episodes}")
         if self.noise_sigma is not None and self.noise_sigma <= 0:
             raise RlpruneError(f"the noise sigma must be > 0, got {self.noise_sigma}")
+        if self.revisit_boost is not None and self.revisit_boost < 1:
+            raise RlpruneError(f"the revisit boost must be >= 1 (1: off), got {self.revisit_boost}")
 
 
 #: ``(env, settings) -> best result with seconds and history``.
@@ -104,6 +109,8 @@ def agent_search(
         config = AgentConfig(warmup_episodes=warmup, seed=settings.seed, episodes=settings.episodes)
         if settings.warmup_mode is not None:
             config = replace(config, warmup_mode=settings.warmup_mode)
+        if settings.revisit_boost is not None:
+            config = replace(config, revisit_boost=settings.revisit_boost)
         if settings.noise_sigma is not None:
             config = config.with_sigma(settings.noise_sigma)
         agent = make_agent(env, config, num_units=env.num_units)

@@ -10,7 +10,8 @@ small exploration sigma: a local search around the anchor rule), ``agent_macs`` 
 proxy, same numeric target), ``agent_strategies`` / ``agent_relative_strategies`` (a warm-up of
 whole strategies drawn as ``sampled`` draws them), and the budget-exact ``sampled_exact``,
 ``tpe_exact``, ``agent_relative_exact`` and ``agent_local_exact`` (every candidate rescaled onto the
-measured budget, as the rules are bisected), the searches with the same number of episodes. Every
+measured budget, as the rules are bisected), ``agent_local_exact_boost`` (the last with an
+exploration sigma that widens while the policy re-visits evaluated architectures), the searches with the same number of episodes. Every
 search ends with the same selection protocol (:mod:`agents.selection`: its top ``--select-top-k``
 architectures re-scored by BN recalibration + ``--select-steps`` fine-tune steps on the images of
 the reward split that ``--reward-samples`` held out from the searches, or on the whole reward split
@@ -103,6 +104,14 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
         "actions": "relative",
         "warmup": 10,
         "noise_sigma": 0.15,
+        "exact_budget": True,
+    },
+    # And exploration that widens when the policy re-visits evaluated architectures.
+    "agent_local_exact_boost": {
+        "actions": "relative",
+        "warmup": 10,
+        "noise_sigma": 0.15,
+        "revisit_boost": 1.5,
         "exact_budget": True,
     },
 }
@@ -430,6 +439,7 @@ def search_strategy(
         run_dir,
         noise_sigma=variant.get("noise_sigma"),
         warmup_mode=variant.get("warmup_mode"),
+        revisit_boost=variant.get("revisit_boost"),
     )
     result = run_method("agent" if method in AGENT_VARIANTS else method, env, settings)
     found = {

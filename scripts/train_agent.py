@@ -84,6 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup 10 --noise-sigma 0.15 --exact-budget searches near the anchor rule "
         "(docs/benchmarks.md)",
     )
+    g.add_argument(
+        "--revisit-boost",
+        type=float,
+        default=default("revisit_boost"),
+        help="after the warm-up, multiply the sigma by this after each episode that re-visits an "
+        "architecture already evaluated and divide by it after each new one, so a collapsed "
+        "policy widens its search instead of re-evaluating one strategy (capped at sigma 0.5; "
+        "1: off, as AMC)",
+    )
     common.add_selection_args(g)
     g.add_argument(
         "--resume",
@@ -140,6 +149,10 @@ def check_search_settings(settings: dict) -> None:
         )
     if not settings.get("noise_sigma", 1.0) > 0:
         raise RlpruneError(f"--noise-sigma must be > 0, got {settings['noise_sigma']}")
+    if not settings.get("revisit_boost", 1.0) >= 1:
+        raise RlpruneError(
+            f"--revisit-boost must be >= 1 (1: off), got {settings['revisit_boost']}"
+        )
     if settings.get("envs", 1) > 1 and "," in settings["model"]:
         raise RlpruneError(
             f"--envs {settings['envs']} runs copies of one network's env, but --model names "
@@ -189,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_mode=settings["warmup_mode"],
         seed=settings["seed"],
         episodes=settings["episodes"],
+        revisit_boost=settings.get("revisit_boost", AgentConfig.revisit_boost),
     ).with_sigma(settings["noise_sigma"])
     state = read_search_state(run_dir) if args.resume else None
     search_env = parallel_env(env, settings)

@@ -1,6 +1,7 @@
 """AMC's additions to SB3 DDPG: episode reward on every transition, baseline, decaying noise."""
 
 import numpy as np
+import pytest
 from gymnasium import spaces
 
 from agents.ddpg import (
@@ -72,3 +73,48 @@ def test_noise_decay_is_tied_to_the_episode_budget():
     assert AgentConfig().decay == 0.95  # budget unknown: AMC's decay
     assert AgentConfig(noise_decay=0.9, episodes=300).decay == 0.9  # explicit wins
     assert budget_noise_decay(0.5, 0.05, 0) == 1.0  # no exploitation episode: no decay
+
+
+def test_revisits_widen_the_noise_and_new_architectures_narrow_it_back():
+    """sigma 0.15, no decay, boost 1.5: each re-visit multiplies the ratio sigma by 1.5 (up to
+    0.5), each new architecture divides it (down to the schedule); warm-up episodes leave it."""
+    noise = DecayingTruncatedNormalNoise(0.15, 1.0, 1, seed=0, revisit_boost=1.5)
+    noise.observe(True)  # episode 0: warm-up
+    assert np.isclose(noise.current_sigma / 2, 0.15)
+    noise.reset()
+    noise.observe(True)
+    noise.observe(True)
+    assert np.isclose(noise.current_sigma / 2, 0.15 * 2.25)
+    noise.observe(False)
+    assert np.isclose(noise.current_sigma / 2, 0.225)
+    for _ in range(3):
+        noise.observe(False)
+    assert np.isclose(noise.current_sigma / 2, 0.15)  # never below the schedule
+    for _ in range(10):
+        noise.observe(True)
+    assert np.isclose(noise.current_sigma / 2, 0.5)  # capped at MAX_BOOSTED_SIGMA
+    noise.observe(False)
+    assert np.isclose(noise.current_sigma / 2, 0.5 / 1.5)  # the cap is not a debt to repay
+    off = DecayingTruncatedNormalNoise(0.15, 1.0, 0, seed=0)
+    off.observe(True)
+    assert off.current_sigma / 2 == 0.15
+
+
+def test_the_boost_rides_on_the_decaying_schedule():
+    # sigma 0.4 halving per episode, boost 2: a re-visit in episode 1 (schedule 0.2) doubles it
+    # to 0.4; episode 2 plays 0.1 * 2; two more re-visits take episode 3's 0.05 * 4 to 0.05 * 8
+    # = 0.4, then to the cap 0.5 (not 0.05 * 16 = 0.8).
+    noise = DecayingTruncatedNormalNoise(0.4, 0.5, 0, seed=0, revisit_boost=2.0)
+    noise.reset()
+    noise.observe(True)
+    assert np.isclose(noise.current_sigma / 2, 0.4)
+    noise.reset()
+    assert np.isclose(noise.current_sigma / 2, 0.2)
+    noise.observe(True)
+    noise.reset()
+    assert np.isclose(noise.current_sigma / 2, 0.05 * 4)
+    noise.observe(True)
+    noise.observe(True)
+    assert np.isclose(noise.current_sigma / 2, 0.5)
+    with pytest.raises(ValueError, match="revisit_boost must be >= 1"):
+        AgentConfig(revisit_boost=0.5)

@@ -257,6 +257,7 @@ EARLY = [  # rejected before any data or model is loaded
     ("--min-pruning-ratio", "0.9", "min_pruning_ratio < max_pruning_ratio"),
     ("--bn-batches", "0", "--bn-batches must be >= 1"),
     ("--noise-sigma", "0", "--noise-sigma must be > 0"),
+    ("--revisit-boost", "0.5", "--revisit-boost must be >= 1"),
 ]
 
 

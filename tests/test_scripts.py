@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.ddpg import load_agent
 from agents.pretrained import default_agent
 from envs.pruning import load_pruned
 from models.errors import CheckpointError
@@ -92,14 +93,14 @@ def test_train_agent_end_to_end(trained_run):
         assert delivered.get_submodule(unit).out_channels == kept
 
 
-def test_train_agent_exact_budget_and_noise_sigma(trained_run, tmp_path):
+def test_train_agent_exact_budget_noise_sigma_and_revisit_boost(trained_run, tmp_path):
     """--exact-budget rescales every episode onto the measured budget (MACs here: exact and
-    deterministic), warm-up episodes of random actions included; both flags are recorded."""
+    deterministic), warm-up episodes of random actions included; the flags are recorded and
+    the saved agent explores with the sigma and revisit boost given."""
     _, _, cache = trained_run
     argv = [*TINY, *NO_FINE_TUNE, "--episodes", "4", "--warmup", "2", "--exact-budget"]
-    proc = run(
-        "train_agent.py", *argv, "--noise-sigma", "0.15", "--output-dir", str(tmp_path), cache=cache
-    )
+    argv += ["--noise-sigma", "0.15", "--revisit-boost", "1.5"]
+    proc = run("train_agent.py", *argv, "--output-dir", str(tmp_path), cache=cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = tmp_path / "vgg_small_digits_macs0.5_s0"
     with open(run_dir / "episodes.csv") as f:
@@ -110,6 +111,9 @@ def test_train_agent_exact_budget_and_noise_sigma(trained_run, tmp_path):
     assert all(0.49 < m <= 0.5 * 1.03 for m in macs), macs
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env"]["exact_budget"] is True and config["search"]["noise_sigma"] == 0.15
+    assert config["search"]["revisit_boost"] == 1.5
+    noise = load_agent(run_dir / "agent.zip").action_noise
+    assert (noise.sigma, noise.revisit_boost) == (0.15, 1.5)
 
 
 def run_agent_on_resnet20(script, model_flag, trained_run, out):

@@ -1,7 +1,9 @@
 """A real DDPG search of a few episodes: TensorBoard tags, checkpoints, reload, resume."""
 
 import copy
+import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -205,3 +207,33 @@ def test_strategy_warmup_plays_whole_strategies_drawn_as_eagleeye_draws_them(
     env.reset()
     if actions == "relative":  # seed None with relative actions: action 0, the anchor rule
         assert env.strategy_action(None) == 0.0
+
+
+def test_revisits_widen_the_logged_exploration_sigma(digits_splits, digits_vgg_small_2ep, tmp_path):
+    """With a revisit boost the sigma each episode is played with (``episode/noise_sigma``)
+    follows the episodes' cache hits (``episode/revisit``): x1.5 after a re-visited exploitation
+    episode, /1.5 (not below 0.01) after a new one, recomputed here from ``episodes.csv``."""
+    cfg = PruningEnvConfig(cost="macs", target=0.5, bn_batches=2, round_to=8)
+    latency = MacsLatency(digits_vgg_small_2ep, digits_splits.input_shape)
+    fresh = ChannelPruningEnv(  # its own result cache: the module's env has seen other searches
+        digits_vgg_small_2ep, digits_splits.train, digits_splits.reward_val, cfg, latency=latency
+    )
+    config = AgentConfig(
+        warmup_episodes=2, batch_size=8, seed=0, noise_sigma=0.01, noise_final=0.01
+    )
+    config = replace(config, noise_decay=1.0, revisit_boost=1.5)
+    agent = make_agent(fresh, config, num_units=fresh.num_units)
+    run_search(agent, tmp_path, 10, max_units=fresh.num_units, progress=False)
+    with (tmp_path / "episodes.csv").open() as f:
+        cached = [row["cached"] == "True" for row in csv.DictReader(f)]
+    assert any(cached[2:]) and not all(cached[2:])  # both kinds of exploitation episode
+    expected, boost = [], 1.0
+    for episode, hit in enumerate(cached):
+        expected.append(0.01 * boost)
+        if episode >= 2:
+            boost = boost * 1.5 if hit else max(boost / 1.5, 1.0)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = [e.value for e in acc.Scalars("episode/noise_sigma")]
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+    assert [e.value for e in acc.Scalars("episode/revisit")] == [float(c) for c in cached]
