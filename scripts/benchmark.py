@@ -14,10 +14,10 @@ measured budget, as the rules are bisected), ``agent_local_exact_boost`` (the la
 exploration sigma that widens while the policy re-visits evaluated architectures), the searches
 with the same number of episodes. Every search ends with the same selection protocol
 (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-scored by BN recalibration +
-``--select-steps`` fine-tune steps on the images of the reward split that ``--reward-samples`` held out from the searches, or on the whole reward split
-without it). Each result is BN-recalibrated, evaluated (reward and test split), fine-tuned with the
-same settings (annealed to zero) and evaluated again; all models of one task and target are then
-timed together, interleaved, best of several passes. Every finished cell (task, target, method,
+``--select-steps`` fine-tune steps on the images of the reward split that ``--reward-samples`` held
+out from the searches, or on the whole reward split without it). Each result is BN-recalibrated,
+evaluated (reward and test split), fine-tuned with the same settings (annealed to zero) and
+evaluated again; all models of one task and target are then timed together, interleaved, best of several passes. Every finished cell (task, target, method,
 seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it stopped.
 The searches' latency measurements are kept in ``--output-dir``/latency, one file per task, target
 and timing setting, shared by every method and seed: an architecture timed once has one relative
