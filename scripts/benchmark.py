@@ -11,23 +11,24 @@ proxy, same numeric target), ``agent_strategies`` / ``agent_relative_strategies`
 whole strategies drawn as ``sampled`` draws them), and the budget-exact ``sampled_exact``,
 ``tpe_exact``, ``agent_relative_exact`` and ``agent_local_exact`` (every candidate rescaled onto the
 measured budget, as the rules are bisected), ``agent_local_exact_boost`` (the last with an
-exploration sigma that widens while the policy re-visits evaluated architectures), the searches
-with the same number of episodes. Every search ends with the same selection protocol
+exploration sigma that widens while the policy re-visits evaluated architectures), the searches with
+the same number of episodes. Every search ends with the same selection protocol
 (:mod:`agents.selection`: its top ``--select-top-k`` architectures re-scored by BN recalibration +
 ``--select-steps`` fine-tune steps on the images of the reward split that ``--reward-samples`` held
 out from the searches, or on the whole reward split without it). Each result is BN-recalibrated,
 evaluated (reward and test split), fine-tuned with the same settings (annealed to zero) and
-evaluated again; all models of one task and target are then timed together, interleaved, best of several passes. Every finished cell (task, target, method,
-seed) is cached in ``--output-dir``/cells, so an interrupted benchmark continues where it stopped.
-The searches' latency measurements are kept in ``--output-dir``/latency, one file per task, target
-and timing setting, shared by every method and seed: an architecture timed once has one relative
-latency in every env, so a rule lands on the same strategy in all of them (delete the folder to time
-afresh, e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with
-the same recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform
-rule) takes that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it
-came from (``fine_tune_reused_from``). A cached cell of a seed that a larger ``--fine-tune-seeds``
-adds is fine-tuned from its cached strategy; its search is not repeated. Writes ``results.md``
-(tables), ``results.json`` and PNG plots into ``--output-dir``.
+evaluated again; all models of one task and target are then timed together, interleaved, best of
+several passes. Every finished cell (task, target, method, seed) is cached in
+``--output-dir``/cells, so an interrupted benchmark continues where it stopped. The searches'
+latency measurements are kept in ``--output-dir``/latency, one file per task, target and timing
+setting, shared by every method and seed: an architecture timed once has one relative latency in
+every env, so a rule lands on the same strategy in all of them (delete the folder to time afresh,
+e.g. on another machine load). An architecture already fine-tuned in ``--output-dir`` with the same
+recipe and seed (``--output-dir``/fine_tuned: e.g. a search that delivered the uniform rule) takes
+that fine-tune's accuracy instead of being fine-tuned again; its cell names the cell it came from
+(``fine_tune_reused_from``). A cached cell of a seed that a larger ``--fine-tune-seeds`` adds is
+fine-tuned from its cached strategy; its search is not repeated. Writes ``results.md`` (tables),
+``results.json`` and PNG plots into ``--output-dir``.
 
     python scripts/benchmark.py --quick                  # mnist5k, vgg_small, target 0.5: minutes
     python scripts/benchmark.py                          # everything: hours on 2 CPU cores
