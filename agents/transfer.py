@@ -84,15 +84,23 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_warm_start(
-    agent: AMCDDPG, noise_sigma: float = 0.25, noise_decay: float = 0.95, seed: int = 0
+    agent: AMCDDPG,
+    noise_sigma: float = 0.25,
+    noise_decay: float = 0.95,
+    seed: int = 0,
+    revisit_boost: float = 1.0,
 ) -> AMCDDPG:
     """Set a loaded agent up to keep learning on a new network at once.
 
     No random warm-up (the agent already has a policy), a fresh exploration noise that starts
-    smaller than a from-scratch search's and decays from the first episode.
+    smaller than a from-scratch search's and decays from the first episode; ``revisit_boost``
+    widens it while the agent re-visits evaluated architectures (see
+    :class:`agents.ddpg.AgentConfig`; 1: off).
     """
     agent.learning_starts = 0
-    agent.action_noise = DecayingTruncatedNormalNoise(noise_sigma, noise_decay, 0, seed=seed)
+    agent.action_noise = DecayingTruncatedNormalNoise(
+        noise_sigma, noise_decay, 0, seed=seed, revisit_boost=revisit_boost
+    )
     return agent
 
 

@@ -69,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--episodes", type=int, default=0, help="warm-start search episodes (0: zero-shot only)"
     )
     g.add_argument("--noise-sigma", type=float, default=0.25, help="warm-start exploration sigma")
+    g.add_argument(
+        "--revisit-boost",
+        type=float,
+        default=1.0,
+        help="multiply the warm-start sigma by this after each episode that re-visits an "
+        "architecture already evaluated, divide by it after each new one (1: off; as "
+        "train_agent.py's)",
+    )
     common.add_selection_args(g)
     common.add_output_args(p)
     return p.parse_args(argv)
@@ -109,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         raise RlpruneError(f"--episodes must be >= 0 (0: zero-shot only), got {args.episodes}")
     if args.noise_sigma <= 0:
         raise RlpruneError(f"--noise-sigma must be > 0, got {args.noise_sigma}")
+    if args.revisit_boost < 1:
+        raise RlpruneError(f"--revisit-boost must be >= 1 (1: off), got {args.revisit_boost}")
     common.check_writable_dir(args.output_dir, "--output-dir")
     # observe what the agent was trained on and act the way it was trained
     settings["features"], settings["actions"] = agent_env_settings(
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(run_dir / "zero_shot_strategy.json", best, default=str)
     if args.episodes > 0:
         t0 = time.perf_counter()
-        prepare_warm_start(agent, noise_sigma=args.noise_sigma, seed=args.seed)
+        prepare_warm_start(
+            agent, noise_sigma=args.noise_sigma, seed=args.seed, revisit_boost=args.revisit_boost
+        )
         search = SearchSettings(args.episodes, args.seed, run_dir=run_dir, progress=progress)
         extra = {"target": args.target, "cost": args.cost}
         found = agent_search(env, search, agent, hparams=settings, extra_best=extra)

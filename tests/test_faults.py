@@ -295,6 +295,7 @@ def test_unwritable_output_dir_is_rejected_first(out, a_file, capsys):
         ("apply_agent.py", ["--agent", "/nonexistent/run"], "no agent file"),
         ("apply_agent.py", ["--episodes", "-1"], "--episodes must be >= 0"),
         ("apply_agent.py", ["--threads", "0"], "--threads must be >= 1"),
+        ("apply_agent.py", ["--revisit-boost", "0.9"], "--revisit-boost must be >= 1"),
         ("evaluate.py", ["x.pt", "--threads", "0"], "--threads must be >= 1"),
         ("evaluate.py", ["x.pt", "--latency-batch-size", "-4"], "--latency-batch-size must be"),
         ("fine_tune.py", ["x.pt", "--epochs", "0"], "--epochs must be >= 1"),

@@ -116,19 +116,22 @@ def test_train_agent_exact_budget_noise_sigma_and_revisit_boost(trained_run, tmp
     assert (noise.sigma, noise.revisit_boost) == (0.15, 1.5)
 
 
-def run_agent_on_resnet20(script, model_flag, trained_run, out):
+def run_agent_on_resnet20(script, model_flag, trained_run, out, *extra):
     """``script`` with the trained agent on resnet20, 2 search episodes, tiny settings."""
     run_dir, _, cache = trained_run
     agent = str(run_dir if script == "apply_agent.py" else run_dir / "agent.zip")  # both work
-    args = ["--agent", agent, model_flag, "resnet20", *TINY, "--episodes", "2"]
+    args = ["--agent", agent, model_flag, "resnet20", *TINY, "--episodes", "2", *extra]
     return run(script, *args, "--output-dir", str(out), cache=cache)
 
 
 def test_apply_agent_zero_shot_and_warm_start(trained_run, tmp_path):
-    proc = run_agent_on_resnet20("apply_agent.py", "--model", trained_run, tmp_path)
+    extra = ("--noise-sigma", "0.2", "--revisit-boost", "1.5")
+    proc = run_agent_on_resnet20("apply_agent.py", "--model", trained_run, tmp_path, *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "zero-shot (" in proc.stdout and "warm-start: 2 episodes" in proc.stdout
     out = tmp_path / "apply_resnet20_digits_macs0.5_s0"
+    noise = load_agent(out / "agent.zip").action_noise  # the warm start explored as asked
+    assert (noise.sigma, noise.revisit_boost, noise.warmup_episodes) == (0.2, 1.5, 0)
     assert (out / "pruned_model.pt").is_file() and (out / "zero_shot_strategy.json").is_file()
     # the agent's strategies competed with both rules at the target in the final choice
     selection = json.loads((out / "selection.json").read_text())
