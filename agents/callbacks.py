@@ -29,7 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
 
 from agents.checkpoint import drop_partial_episode, write_checkpoint
-from agents.ddpg import DecayingTruncatedNormalNoise
+from agents.ddpg import DecayingTruncatedNormalNoise, unshared
 from envs.baselines import episode_record
 from models.renamed import check_current_names
 
@@ -262,7 +262,7 @@ class SearchCallback(BaseCallback):
         scalars |= {"best_reward": self.best_reward(model), "seconds": seconds}
         if self.writer is not None:
             logged = {**scalars, "revisit": float(info["cached"])}
-            noise = getattr(self.model.action_noise, "base_noise", self.model.action_noise)
+            noise = unshared(self.model.action_noise)
             if isinstance(noise, DecayingTruncatedNormalNoise):
                 logged["noise_sigma"] = noise.current_sigma / 2.0  # [-1, 1] units to ratio units
             for key, value in logged.items():

@@ -290,6 +290,11 @@ class SharedNoise(VectorizedActionNoise):
             self.base_noise.reset()
 
 
+def unshared(noise: ActionNoise | None) -> ActionNoise | None:
+    """The one noise behind a :class:`SharedNoise` (any other noise, or None, as it is)."""
+    return noise.base_noise if isinstance(noise, SharedNoise) else noise
+
+
 class AMCDDPG(DDPG):
     """SB3 DDPG with AMC's separate actor/critic learning rates and truncated-normal exploration.
 
@@ -327,7 +332,7 @@ class AMCDDPG(DDPG):
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
-        noise = action_noise.base_noise if isinstance(action_noise, SharedNoise) else action_noise
+        noise = unshared(action_noise)
         if n_envs == 1 and self._uniform_episode():
             scaled = np.zeros((1, *self.action_space.shape), dtype=np.float32)
             return self.policy.unscale_action(scaled), scaled
@@ -418,8 +423,7 @@ class AMCDDPG(DDPG):
     ) -> None:
         """SB3's, after telling the exploration noise which ended episodes re-visited an
         architecture (``info["cached"]``; see :class:`DecayingTruncatedNormalNoise`)."""
-        noise = self.action_noise
-        noise = noise.base_noise if isinstance(noise, SharedNoise) else noise
+        noise = unshared(self.action_noise)
         if isinstance(noise, DecayingTruncatedNormalNoise):
             for done, info in zip(dones, infos, strict=True):
                 if done and "cached" in info:
@@ -523,8 +527,7 @@ def _load_for_envs(path: Path, env: gym.Env, n_envs: int, loaded: AMCDDPG, devic
     agent.train_freq = (steps, "step") if n_envs > 1 else (1, "episode")
     agent._convert_train_freq()
     agent.observation_features = loaded.observation_features
-    noise = loaded.action_noise
-    base = noise.base_noise if isinstance(noise, SharedNoise) else noise
+    base = unshared(loaded.action_noise)
     agent.action_noise = SharedNoise(base, n_envs) if n_envs > 1 and base is not None else base
     return agent
 

@@ -86,6 +86,13 @@ from models.training import TrainConfig, get_base_model  # noqa: E402
 from models.zoo import DEFAULT_MODEL, build_model  # noqa: E402
 
 SHARED_CIFAR10 = "../shared/data/cifar10/train"
+#: The local budget-exact agent's settings (``agent_local_exact``; the boosted variant adds one).
+LOCAL_EXACT: dict[str, Any] = {
+    "actions": "relative",
+    "warmup": 10,
+    "noise_sigma": 0.15,
+    "exact_budget": True,
+}
 #: The library's search methods, and the agent on AMC's MACs proxy (``agent`` on a MACs env).
 #: Variants of the agent: the env setting each one changes.
 AGENT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -101,20 +108,9 @@ AGENT_VARIANTS: dict[str, dict[str, Any]] = {
     # Every episode rescaled onto the measured budget before it is scored, as the rules are.
     "agent_relative_exact": {"actions": "relative", "exact_budget": True},
     # Both: budget-exact episodes that explore near the anchor (the rules are sharp optima).
-    "agent_local_exact": {
-        "actions": "relative",
-        "warmup": 10,
-        "noise_sigma": 0.15,
-        "exact_budget": True,
-    },
+    "agent_local_exact": LOCAL_EXACT,
     # And exploration that widens when the policy re-visits evaluated architectures.
-    "agent_local_exact_boost": {
-        "actions": "relative",
-        "warmup": 10,
-        "noise_sigma": 0.15,
-        "revisit_boost": 1.5,
-        "exact_budget": True,
-    },
+    "agent_local_exact_boost": {**LOCAL_EXACT, "revisit_boost": 1.5},
 }
 METHODS = (*SEARCH_METHODS, *AGENT_VARIANTS)
 #: Methods that search (a strategy per seed, re-scored by the final selection).
