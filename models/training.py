@@ -73,6 +73,16 @@ class TrainConfig:
             annealed cycle on a trained model (a warm restart, SGDR style). The cache key and
             the shipped-weights lookup hold the file's SHA-256 (``"sha256:<hex>"``), not its
             path, so the same weights anywhere give the same model.
+        swa_epochs: Stochastic weight averaging (Izmailov et al. 2018, ``torch.optim.swa_utils``)
+            after the cosine cycle: this many more epochs at the constant rate ``swa_lr``, the
+            weights averaged at the end of each, then the BatchNorm statistics recomputed for
+            the averaged weights with one pass over the (unaugmented) train split. 0 is off.
+            With ``epochs=0`` and ``init_from`` it averages around a trained model.
+        swa_lr: The learning rate of the averaging epochs: constant, or the peak of each cycle.
+        swa_cycle: 0 keeps ``swa_lr`` constant and averages after every epoch (SWA's default);
+            N >= 1 runs cosine cycles of N epochs from ``swa_lr`` down to 0 and averages at the
+            end of each (SWA's cyclical schedule), so every averaged point is an annealed
+            model. ``swa_epochs`` must then be a multiple of N.
         progress: Show a tqdm progress bar.
     """
 
@@ -89,6 +99,9 @@ class TrainConfig:
     nesterov: bool = False
     precision: str = "fp32"
     init_from: str | None = None
+    swa_epochs: int = 0
+    swa_lr: float = 0.01
+    swa_cycle: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -102,11 +115,17 @@ class TrainConfig:
             or self.batch_size < 1
             or not 0 <= self.label_smoothing < 1
             or self.cutout < 0
+            or self.swa_epochs < 0
+            or self.swa_lr <= 0
+            or self.swa_cycle < 0
+            or (self.swa_cycle and self.swa_epochs % self.swa_cycle)
         ):
             raise RlpruneError(
                 f"invalid training settings: epochs={self.epochs} (>= 0), lr={self.lr} (> 0), "
                 f"batch_size={self.batch_size} (>= 1), label_smoothing={self.label_smoothing} "
-                f"(in [0, 1)), cutout={self.cutout} (>= 0)"
+                f"(in [0, 1)), cutout={self.cutout} (>= 0), swa_epochs={self.swa_epochs} "
+                f"(>= 0), swa_lr={self.swa_lr} (> 0), swa_cycle={self.swa_cycle} (>= 0, dividing "
+                f"swa_epochs)"
             )
 
 
@@ -148,7 +167,9 @@ def train_model(
     Returns:
         One dict per epoch: ``epoch``, ``loss`` (mean train cross-entropy), ``train_acc`` (on the
         training batches, in [0, 1]), ``eval_acc`` (or None), ``lr`` (at the epoch's end) and
-        ``time_s`` (seconds since the start).
+        ``time_s`` (seconds since the start); the averaging epochs (``config.swa_epochs``) are
+        marked ``"swa": True`` and followed by one ``{"epoch": "swa", "eval_acc", "time_s"}``
+        for the averaged model the call leaves in ``model``.
 
     Raises:
         RlpruneError: The loss became NaN or infinite (learning rate too high).
@@ -168,16 +189,19 @@ def train_model(
     )
     history: list[dict] = []
     start = time.perf_counter()
+    epochs = config.epochs + config.swa_epochs
+    averaged = None
     try:
         with (
             torch.random.fork_rng(devices=_cuda_devices(device)),
-            tqdm(
-                total=config.epochs * steps, desc=desc, disable=None if config.progress else True
-            ) as bar,
+            tqdm(total=epochs * steps, desc=desc, disable=None if config.progress else True) as bar,
         ):
             torch.manual_seed(config.seed)
             generator = torch.Generator().manual_seed(config.seed)
-            for epoch in range(1, config.epochs + 1):
+            for epoch in range(1, epochs + 1):
+                if epoch == config.epochs + 1:  # the averaging phase
+                    averaged = torch.optim.swa_utils.AveragedModel(model)
+                    schedule = _swa_schedule(optimizer, config.swa_lr, config.swa_cycle * steps)
                 batches = torch.randperm(len(y), generator=generator)[: steps * config.batch_size]
                 loss, acc = _train_epoch(
                     model,
@@ -196,6 +220,8 @@ def train_model(
                         f"training diverged ({desc}: loss {loss} at epoch {epoch}); "
                         f"lower the learning rate (now {config.lr})"
                     )
+                if averaged is not None and (epoch - config.epochs) % max(1, config.swa_cycle) == 0:
+                    averaged.update_parameters(model)
                 eval_acc = evaluate(model, eval_set, device) if eval_set is not None else None
                 history.append(
                     {
@@ -205,14 +231,57 @@ def train_model(
                         "eval_acc": eval_acc,
                         "lr": schedule.get_last_lr()[0],
                         "time_s": time.perf_counter() - start,
+                        **({"swa": True} if averaged is not None else {}),
                     }
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-                log.info("%s epoch %d/%d: %s", desc, epoch, config.epochs, history[-1])
+                log.info("%s epoch %d/%d: %s", desc, epoch, epochs, history[-1])
+        if averaged is not None:
+            _average_into(model, averaged, x, config.batch_size, device)
+            eval_acc = evaluate(model, eval_set, device) if eval_set is not None else None
+            history.append(
+                {"epoch": "swa", "eval_acc": eval_acc, "time_s": time.perf_counter() - start}
+            )
+            log.info("%s averaged over %d epochs: %s", desc, config.swa_epochs, history[-1])
     finally:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _swa_schedule(
+    optimizer: torch.optim.Optimizer, lr: float, cycle_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """SWA's schedule: ``lr`` held constant (``cycle_steps`` 0), or cosine cycles of
+    ``cycle_steps`` steps from ``lr`` down to 0."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    if not cycle_steps:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * (step % cycle_steps) / cycle_steps))
+    )
+
+
+@torch.no_grad()
+def _average_into(
+    model: nn.Module,
+    averaged: torch.optim.swa_utils.AveragedModel,
+    x: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str,
+) -> None:
+    """Recomputes BatchNorm statistics for the averaged weights and copies them into ``model``.
+
+    One pass over the train images ``x`` (unaugmented, in order) with cumulative BatchNorm
+    averaging (``torch.optim.swa_utils.update_bn``).
+    """
+    batches = (
+        x[i : i + batch_size].to(device, memory_format=torch.channels_last)
+        for i in range(0, len(x), batch_size)
+    )
+    torch.optim.swa_utils.update_bn(batches, averaged)
+    model.load_state_dict(averaged.module.state_dict())
 
 
 def _train_epoch(
@@ -536,13 +605,17 @@ def train_settings(config: TrainConfig) -> dict:
     """The settings a trained model depends on: ``config`` as a dict without ``progress``.
 
     ``init_from`` becomes ``"sha256:<hex>"`` of the file (kept as is when it already is one),
-    and is left out when None, as ``cutout`` when 0, so models trained before those fields
-    existed keep their keys.
+    and is left out when None, as ``cutout`` when 0, the SWA settings when ``swa_epochs`` is 0
+    and ``swa_cycle`` when 0, so models trained before those fields existed keep their keys.
     """
     settings = dataclasses.asdict(config)
     del settings["progress"]
     if not settings["cutout"]:
         del settings["cutout"]  # models trained before the field existed keep their keys
+    if not settings["swa_epochs"]:  # likewise: no averaging, no SWA keys
+        del settings["swa_epochs"], settings["swa_lr"], settings["swa_cycle"]
+    elif not settings["swa_cycle"]:
+        del settings["swa_cycle"]
     init_from = settings.pop("init_from")
     if init_from is not None:
         if not init_from.startswith(_SHA_PREFIX):

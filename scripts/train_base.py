@@ -89,6 +89,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a warm restart, another annealed --epochs cycle at peak --lr",
     )
     parser.add_argument(
+        "--swa-epochs",
+        type=int,
+        default=defaults.swa_epochs,
+        metavar="N",
+        help="stochastic weight averaging after the cycle: N more epochs at --swa-lr "
+        "(see --swa-cycle), the weights averaged, BatchNorm statistics recomputed "
+        "(with --epochs 0 --init-from FILE: average around a trained model); 0: off",
+    )
+    parser.add_argument(
+        "--swa-lr",
+        type=float,
+        default=defaults.swa_lr,
+        help="learning rate of the --swa-epochs (constant, or each cycle's peak)",
+    )
+    parser.add_argument(
+        "--swa-cycle",
+        type=int,
+        default=defaults.swa_cycle,
+        metavar="N",
+        help="0: constant --swa-lr, average after every epoch; N: cosine cycles of N epochs "
+        "from --swa-lr to 0, average at each cycle's end (--swa-epochs a multiple of N)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=defaults.seed,
@@ -150,8 +173,11 @@ def train_from_args(
     Returns:
         ``(model, info, splits, config)`` as :func:`get_base_model` gives model and info.
     """
-    if args.epochs < 1:
-        raise RlpruneError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.epochs < 0 or args.epochs + args.swa_epochs < 1:
+        raise RlpruneError(
+            f"--epochs must be >= 1 (or 0 with --swa-epochs >= 1), got --epochs {args.epochs} "
+            f"--swa-epochs {args.swa_epochs}"
+        )
     if args.no_progress:  # one line per epoch instead of the bar (for logs)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = resolve_device(args.device)
@@ -176,6 +202,9 @@ def train_from_args(
         nesterov=args.nesterov,
         precision=args.precision,
         init_from=args.init_from,
+        swa_epochs=args.swa_epochs,
+        swa_lr=args.swa_lr,
+        swa_cycle=args.swa_cycle,
         progress=not args.no_progress,
     )
     model, info = get_base_model(

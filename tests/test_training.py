@@ -293,3 +293,108 @@ def test_channels_last_converts_conv_weights_for_the_block_only():
     assert all(p.is_contiguous() for p in net.parameters())
     with channels_last(net, enabled=False):
         assert net[0].weight.is_contiguous()
+
+
+class _BNLinear(torch.nn.Module):
+    """BatchNorm on the input pixels, then a linear classifier: every state is hand-checkable."""
+
+    def __init__(self, channels: int, pixels: int, classes: int) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.fc = torch.nn.Linear(channels * pixels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(x).flatten(1))
+
+
+def test_swa_averages_the_weights_of_its_epochs_and_recomputes_batchnorm(
+    digits_splits, monkeypatch
+) -> None:
+    """The delivered weights are the mean of the weights at the end of each averaging epoch
+    (snapshots taken here, not by the code under test), the averaging epochs run at the
+    constant swa_lr, and BatchNorm's statistics are those of the train images."""
+    import models.training as training
+
+    x, y = digits_splits.train.tensors
+    keep = len(y) // 64 * 64  # whole batches: a cumulative BN mean is then the plain mean
+    train = torch.utils.data.TensorDataset(x[:keep], y[:keep])
+    torch.manual_seed(0)
+    model = _BNLinear(x.shape[1], x.shape[2] * x.shape[3], digits_splits.num_classes)
+    snapshots: list[torch.Tensor] = []
+    original = training._train_epoch
+
+    def recording(model_, *args):
+        result = original(model_, *args)
+        snapshots.append(model_.fc.weight.detach().clone())
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", recording)
+    config = TrainConfig(
+        epochs=2, lr=0.05, batch_size=64, swa_epochs=3, swa_lr=0.02, progress=False
+    )
+    history = train_model(model, train, config, eval_set=digits_splits.reward_val)
+    assert len(snapshots) == 5
+    assert torch.allclose(model.fc.weight, torch.stack(snapshots[2:]).mean(0), atol=1e-6)
+    assert not torch.allclose(model.fc.weight, snapshots[-1], atol=1e-4)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, "swa"]
+    assert [h.get("swa", False) for h in history[:5]] == [False, False, True, True, True]
+    assert [h["lr"] for h in history[2:5]] == [0.02, 0.02, 0.02]
+    assert history[1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine cycle ended at 0
+    assert history[-1]["eval_acc"] == evaluate(model, digits_splits.reward_val)
+    pixels = x[:keep].transpose(0, 1).flatten(1)
+    assert torch.allclose(model.bn.running_mean, pixels.mean(1), atol=1e-5)
+    assert torch.allclose(model.bn.running_var, pixels.var(1), rtol=1e-3, atol=1e-5)
+
+
+def test_cyclic_swa_averages_the_annealed_end_of_each_cycle(digits_splits, monkeypatch) -> None:
+    """swa_cycle 2: cosine cycles of two epochs from swa_lr to 0; only the weights at each
+    cycle's end (epochs 2 and 4 of the averaging phase) enter the average."""
+    import models.training as training
+
+    torch.manual_seed(0)
+    x, y = digits_splits.train.tensors
+    model = _BNLinear(x.shape[1], x.shape[2] * x.shape[3], digits_splits.num_classes)
+    snapshots: list[torch.Tensor] = []
+    lrs: list[float] = []
+    original = training._train_epoch
+
+    def recording(model_, x_, y_, batches, optimizer, *args):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the rate of the epoch's first step
+        result = original(model_, x_, y_, batches, optimizer, *args)
+        snapshots.append(model_.fc.weight.detach().clone())
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", recording)
+    config = TrainConfig(
+        epochs=1, lr=0.05, batch_size=64, swa_epochs=4, swa_lr=0.03, swa_cycle=2, progress=False
+    )
+    train_model(model, digits_splits.train, config)
+    assert torch.allclose(model.fc.weight, (snapshots[2] + snapshots[4]) / 2, atol=1e-6)
+    steps = len(y) // 64 + (len(y) % 64 > 1)
+    # each cycle starts at swa_lr; its second epoch starts half-way down the cosine
+    assert lrs[1:] == pytest.approx([0.03, 0.015, 0.03, 0.015], rel=0.1 / steps)
+    with pytest.raises(RlpruneError, match="swa_cycle=3"):
+        TrainConfig(swa_epochs=4, swa_cycle=3)
+
+
+def test_swa_settings_enter_the_cache_key_only_when_on() -> None:
+    assert "swa_epochs" not in train_settings(FAST) and "swa_lr" not in train_settings(FAST)
+    on = train_settings(TrainConfig(epochs=0, swa_epochs=4, swa_lr=0.03))
+    assert on["swa_epochs"] == 4 and on["swa_lr"] == 0.03 and on["epochs"] == 0
+    assert "swa_cycle" not in on
+    assert train_settings(TrainConfig(swa_epochs=4, swa_cycle=2))["swa_cycle"] == 2
+    with pytest.raises(RlpruneError, match="swa_epochs=-1"):
+        TrainConfig(swa_epochs=-1)
+    with pytest.raises(RlpruneError, match="swa_lr=0"):
+        TrainConfig(swa_lr=0)
+
+
+def test_train_base_swa_flags_reach_the_config_and_epochs_zero_needs_them(capsys) -> None:
+    script = _load_script()
+    argv = ["--epochs", "0", "--swa-epochs", "3", "--swa-lr", "0.004", "--swa-cycle", "3"]
+    args = script.parse_args(argv)
+    assert (args.epochs, args.swa_epochs, args.swa_lr, args.swa_cycle) == (0, 3, 0.004, 3)
+    assert script.main(["--dataset", "digits", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --epochs must be >= 1 (or 0 with --swa-epochs >= 1)")
+    assert err.count("\n") == 1
