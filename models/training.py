@@ -76,7 +76,8 @@ class TrainConfig:
         swa_epochs: Stochastic weight averaging (Izmailov et al. 2018, ``torch.optim.swa_utils``)
             after the cosine cycle: this many more epochs at the constant rate ``swa_lr``, the
             weights averaged at the end of each, then the BatchNorm statistics recomputed for
-            the averaged weights with one pass over the (unaugmented) train split. 0 is off.
+            the averaged weights with one pass over the train split, augmented as in training.
+            0 is off.
             With ``epochs=0`` and ``init_from`` it averages around a trained model.
         swa_lr: The learning rate of the averaging epochs: constant, or the peak of each cycle.
         swa_cycle: 0 keeps ``swa_lr`` constant and averages after every epoch (SWA's default);
@@ -237,7 +238,7 @@ def train_model(
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
                 log.info("%s epoch %d/%d: %s", desc, epoch, epochs, history[-1])
         if averaged is not None:
-            _average_into(model, averaged, x, config.batch_size, device)
+            _average_into(model, averaged, x, config, device)
             eval_acc = evaluate(model, eval_set, device) if eval_set is not None else None
             history.append(
                 {"epoch": "swa", "eval_acc": eval_acc, "time_s": time.perf_counter() - start}
@@ -268,19 +269,29 @@ def _average_into(
     model: nn.Module,
     averaged: torch.optim.swa_utils.AveragedModel,
     x: torch.Tensor,
-    batch_size: int,
+    config: TrainConfig,
     device: torch.device | str,
 ) -> None:
     """Recomputes BatchNorm statistics for the averaged weights and copies them into ``model``.
 
-    One pass over the train images ``x`` (unaugmented, in order) with cumulative BatchNorm
-    averaging (``torch.optim.swa_utils.update_bn``).
+    One pass over the train images ``x`` in order, augmented as in training (crop, flip,
+    Cutout per ``config``), with cumulative BatchNorm averaging
+    (``torch.optim.swa_utils.update_bn``). The augmentation matters: statistics of clean
+    images put the 89.8% vgg_cifar (trained with Cutout) at 0.871 on the reward split, of
+    augmented ones at 0.896, its training running averages at 0.900.
     """
-    batches = (
-        x[i : i + batch_size].to(device, memory_format=torch.channels_last)
-        for i in range(0, len(x), batch_size)
-    )
-    torch.optim.swa_utils.update_bn(batches, averaged)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(x), config.batch_size):
+            inputs = x[start : start + config.batch_size]
+            if config.augment:
+                inputs = random_crop_flip(inputs, generator=generator)
+            if config.cutout:
+                inputs = random_cutout(inputs, config.cutout, generator=generator)
+            yield inputs.to(device, memory_format=torch.channels_last)
+
+    torch.optim.swa_utils.update_bn(batches(), averaged)
     model.load_state_dict(averaged.module.state_dict())
 
 

@@ -346,6 +346,20 @@ def test_swa_averages_the_weights_of_its_epochs_and_recomputes_batchnorm(
     assert torch.allclose(model.bn.running_var, pixels.var(1), rtol=1e-3, atol=1e-5)
 
 
+def test_swa_batchnorm_statistics_see_the_training_augmentation(digits_splits) -> None:
+    """A Cutout larger than the image zeroes every pixel: BatchNorm recomputed on augmented
+    images then has mean 0 and variance 0, whatever the clean images' statistics."""
+    x, y = digits_splits.train.tensors
+    torch.manual_seed(0)
+    model = _BNLinear(x.shape[1], x.shape[2] * x.shape[3], digits_splits.num_classes)
+    side = x.shape[-1]
+    config = TrainConfig(epochs=0, batch_size=64, cutout=2 * side, swa_epochs=1, progress=False)
+    train_model(model, digits_splits.train, config)
+    assert torch.equal(model.bn.running_mean, torch.zeros(1))
+    assert torch.equal(model.bn.running_var, torch.zeros(1))
+    assert x.mean() != 0
+
+
 def test_cyclic_swa_averages_the_annealed_end_of_each_cycle(digits_splits, monkeypatch) -> None:
     """swa_cycle 2: cosine cycles of two epochs from swa_lr to 0; only the weights at each
     cycle's end (epochs 2 and 4 of the averaging phase) enter the average."""
